@@ -1,0 +1,288 @@
+"""Socket.IO v5 packets: the text codec, binary attachments, and the reassembly state machine.
+
+Sans-I/O. Encoding produces bytes (UTF-8 text) because everything downstream (WebSocket frames,
+polling bodies, Redis) wants bytes, and producing them once avoids a decode/encode round trip on
+the broadcast path.
+
+Text form: `<type>[<attachments>-][<nsp>,][<ack id>][<JSON>]`; the namespace is omitted when it is
+`/`. Binary values are replaced by `{"_placeholder":true,"num":n}` and sent as separate binary
+Engine.IO messages after the text part, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import orjson
+
+from .errors import PayloadTooLarge, SocketIOError
+
+
+class PacketType(IntEnum):
+    CONNECT = 0
+    DISCONNECT = 1
+    EVENT = 2
+    ACK = 3
+    CONNECT_ERROR = 4
+    BINARY_EVENT = 5
+    BINARY_ACK = 6
+
+
+# Event names a client may not emit (they are reserved by the client and server libraries).
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+_BINARY_TYPES = (bytes, bytearray, memoryview)
+
+
+@dataclass(slots=True)
+class Packet:
+    type: PacketType
+    nsp: str = "/"
+    data: Any = None
+    id: int | None = None
+    attachments: int = 0  # only meaningful on decoded BINARY_* packets before reassembly
+
+    @property
+    def event(self) -> Any:
+        """The event name of an EVENT packet."""
+        return self.data[0]
+
+
+# -- encoding -----------------------------------------------------------------------------------
+
+
+def has_binary(value: Any) -> bool:
+    """True if any bytes-like value is nested anywhere in `value`."""
+    if isinstance(value, _BINARY_TYPES):
+        return True
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            if has_binary(item):
+                return True
+        return False
+    if isinstance(value, dict):
+        for item in value.values():
+            if has_binary(item):
+                return True
+    return False
+
+
+def _deconstruct(value: Any, buffers: list[bytes]) -> Any:
+    if isinstance(value, _BINARY_TYPES):
+        buffers.append(bytes(value))
+        return {"_placeholder": True, "num": len(buffers) - 1}
+    if isinstance(value, (list, tuple)):
+        return [_deconstruct(v, buffers) for v in value]
+    if isinstance(value, dict):
+        return {k: _deconstruct(v, buffers) for k, v in value.items()}
+    return value
+
+
+def _header(ptype: int, nsp: str, pid: int | None, attachments: int) -> str:
+    head = str(ptype)
+    if attachments:
+        head += f"{attachments}-"
+    if nsp != "/":
+        head += nsp + ","
+    if pid is not None:
+        head += str(pid)
+    return head
+
+
+def encode(packet: Packet) -> tuple[bytes, list[bytes]]:
+    """Encode a packet into its text part and its binary attachments.
+
+    EVENT/ACK packets whose data holds bytes become BINARY_EVENT/BINARY_ACK with placeholders;
+    callers never need to pick the binary type themselves.
+    """
+    ptype = packet.type
+    data = packet.data
+    buffers: list[bytes] = []
+    if ptype in (PacketType.EVENT, PacketType.ACK, PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        if has_binary(data):
+            data = _deconstruct(data, buffers)
+            ptype = PacketType.BINARY_EVENT if ptype in (PacketType.EVENT, PacketType.BINARY_EVENT) else PacketType.BINARY_ACK
+        elif ptype is PacketType.BINARY_EVENT:
+            ptype = PacketType.EVENT
+        elif ptype is PacketType.BINARY_ACK:
+            ptype = PacketType.ACK
+    head = _header(ptype, packet.nsp, packet.id, len(buffers)).encode()
+    if data is None:
+        return head, buffers
+    try:
+        body = orjson.dumps(data)
+    except TypeError as exc:
+        raise SocketIOError(f"value cannot be sent as JSON: {exc}") from None
+    return head + body, buffers
+
+
+def encode_event(nsp: str, data: list[Any], pid: int | None = None) -> tuple[bytes, list[bytes]]:
+    """Shortcut for the hot path: an EVENT (or BINARY_EVENT) packet."""
+    return encode(Packet(PacketType.EVENT, nsp, data, pid))
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+
+def _valid_payload(ptype: PacketType, payload: Any, has_payload: bool) -> bool:
+    if ptype is PacketType.CONNECT:
+        return not has_payload or isinstance(payload, dict)
+    if ptype is PacketType.DISCONNECT:
+        return not has_payload
+    if ptype is PacketType.CONNECT_ERROR:
+        return has_payload and isinstance(payload, (dict, str))
+    if ptype in (PacketType.EVENT, PacketType.BINARY_EVENT):
+        if not (isinstance(payload, list) and payload):
+            return False
+        first = payload[0]
+        if isinstance(first, bool):
+            return False
+        return isinstance(first, (int, float)) or (isinstance(first, str) and first not in RESERVED_EVENTS)
+    # ACK / BINARY_ACK
+    return isinstance(payload, list)
+
+
+def decode_text(text: str) -> Packet:
+    """Decode the text part of a packet. BINARY_* packets come back with `attachments` set and
+    placeholders still in `data`; use `Decoder` to reassemble them."""
+    n = len(text)
+    if n == 0:
+        raise SocketIOError("empty packet")
+    c = text[0]
+    if not ("0" <= c <= "6"):
+        raise SocketIOError(f"unknown packet type {c!r}")
+    ptype = PacketType(ord(c) - 48)
+    i = 1
+    attachments = 0
+    if ptype in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        dash = text.find("-", i)
+        digits = text[i:dash] if dash != -1 else ""
+        if not digits.isdigit() or not digits.isascii():
+            raise SocketIOError("invalid attachment count")
+        attachments = int(digits)
+        i = dash + 1
+    nsp = "/"
+    if i < n and text[i] == "/":
+        comma = text.find(",", i)
+        if comma == -1:
+            nsp = text[i:]
+            i = n
+        else:
+            nsp = text[i:comma]
+            i = comma + 1
+    pid = None
+    j = i
+    while j < n and "0" <= text[j] <= "9":
+        j += 1
+    if j > i:
+        pid = int(text[i:j])
+        i = j
+    has_payload = i < n
+    payload = None
+    if has_payload:
+        try:
+            payload = orjson.loads(text[i:])
+        except orjson.JSONDecodeError:
+            raise SocketIOError("invalid JSON payload") from None
+    if not _valid_payload(ptype, payload, has_payload):
+        raise SocketIOError(f"invalid payload for {ptype.name}")
+    if pid is not None and ptype not in (
+        PacketType.EVENT,
+        PacketType.BINARY_EVENT,
+        PacketType.ACK,
+        PacketType.BINARY_ACK,
+    ):
+        raise SocketIOError(f"{ptype.name} cannot carry an ack id")
+    if pid is None and ptype in (PacketType.ACK, PacketType.BINARY_ACK):
+        raise SocketIOError("ACK without an id")
+    return Packet(ptype, nsp, payload, pid, attachments)
+
+
+def _reconstruct(value: Any, buffers: list[bytes]) -> Any:
+    if isinstance(value, list):
+        return [_reconstruct(v, buffers) for v in value]
+    if isinstance(value, dict):
+        if value.get("_placeholder") is True:
+            num = value.get("num")
+            if not isinstance(num, int) or isinstance(num, bool) or not 0 <= num < len(buffers):
+                raise SocketIOError(f"placeholder refers to missing attachment {num!r}")
+            return buffers[num]
+        return {k: _reconstruct(v, buffers) for k, v in value.items()}
+    return value
+
+
+@dataclass(slots=True)
+class Decoder:
+    """Reassembles packets from the Engine.IO messages of one connection.
+
+    Feed it every message in order: `str` for text, `bytes` for binary. `feed` returns a complete
+    packet or None while attachments are still expected. Raises SocketIOError on anything out of
+    place (a binary message nobody announced, a text packet while attachments are pending, more
+    buffered bytes than `max_buffer`).
+    """
+
+    max_buffer: int | None = None
+    _pending: Packet | None = None
+    _buffers: list[bytes] = field(default_factory=list)
+    _buffered: int = 0
+
+    @property
+    def waiting(self) -> bool:
+        return self._pending is not None
+
+    def feed(self, message: str | bytes) -> Packet | None:
+        if isinstance(message, str):
+            if self._pending is not None:
+                raise SocketIOError("text packet received while waiting for binary attachments")
+            packet = decode_text(message)
+            if packet.attachments:
+                self._pending = packet
+                self._buffers = []
+                self._buffered = 0
+                return None
+            if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+                packet.data = _reconstruct(packet.data, [])
+            return packet
+        if self._pending is None:
+            raise SocketIOError("unexpected binary attachment")
+        self._buffered += len(message)
+        if self.max_buffer is not None and self._buffered > self.max_buffer:
+            self.reset()
+            raise PayloadTooLarge("binary attachments exceed the maximum payload")
+        self._buffers.append(bytes(message))
+        pending = self._pending
+        if len(self._buffers) < pending.attachments:
+            return None
+        try:
+            pending.data = _reconstruct(pending.data, self._buffers)
+        finally:
+            # A bad placeholder must not leave the decoder stuck waiting for attachments.
+            self.reset()
+        return pending
+
+    def reset(self) -> None:
+        self._pending = None
+        self._buffers = []
+        self._buffered = 0
+
+
+# -- packets the server sends -----------------------------------------------------------------
+
+
+def connect_ok(nsp: str, sid: str) -> Packet:
+    return Packet(PacketType.CONNECT, nsp, {"sid": sid})
+
+
+def connect_error(nsp: str, message: str, data: Any = None) -> Packet:
+    body: dict[str, Any] = {"message": message}
+    if data is not None:
+        body["data"] = data
+    return Packet(PacketType.CONNECT_ERROR, nsp, body)
+
+
+def disconnect(nsp: str) -> Packet:
+    return Packet(PacketType.DISCONNECT, nsp)
