@@ -1,0 +1,133 @@
+"""Settings: parsed and validated once, at start-up, from environment variables.
+
+One frozen object is built here and passed down; nothing else in the gateway reads the
+environment. A bad value stops the process with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _path(raw: str) -> str:
+    raw = raw.strip()
+    if not raw.startswith("/") or " " in raw:
+        raise ValueError(f"must be a URL path starting with '/', got {raw!r}")
+    return raw.rstrip("/") or "/"
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    items = tuple(o.strip() for o in raw.split(",") if o.strip())
+    for item in items:
+        if item != "*" and not (item.startswith("http://") or item.startswith("https://")):
+            raise ValueError(f"origins are '*' or http(s)://host[:port], got {item!r}")
+    return items
+
+
+def _level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return value
+
+
+def _redis_url(raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"must start with redis://, rediss:// or unix://, got {raw!r}")
+    return raw
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = setting("HOST", "127.0.0.1", _str, "address to listen on")
+    port: int = setting("PORT", 3001, _int(0, 65535), "TCP port to listen on")
+    sio_path: str = setting("SIO_PATH", "/socket.io", _path, "path of the Socket.IO endpoint")
+    ping_interval_ms: int = setting("PING_INTERVAL_MS", 25000, _int(50, 3_600_000), "Engine.IO ping interval")
+    ping_timeout_ms: int = setting("PING_TIMEOUT_MS", 20000, _int(50, 3_600_000), "time to wait for a pong")
+    max_payload: int = setting("MAX_PAYLOAD_BYTES", 1_000_000, _int(1024, 100_000_000), "largest accepted message or POST body")
+    connect_timeout_ms: int = setting("CONNECT_TIMEOUT_MS", 45000, _int(100, 3_600_000), "close a session that joins no namespace in time")
+    upgrade_timeout_ms: int = setting("UPGRADE_TIMEOUT_MS", 10000, _int(100, 600_000), "time allowed to finish a transport upgrade")
+    cors_origins: tuple[str, ...] = setting("CORS_ORIGINS", (), _origins, "comma-separated allowed origins for polling CORS ('*' for any); empty = no CORS headers")
+    log_level: str = setting("LOG_LEVEL", "INFO", _level, "DEBUG logs every packet")
+    redis_url: str | None = setting("REDIS_URL", None, _redis_url, "Redis for the cluster bridge; unset = single node, in-memory adapter")
+    redis_prefix: str = setting("REDIS_KEY_PREFIX", "socket.io", _str, "channel prefix shared with @socket.io/redis-adapter (its `key` option)")
+    requests_timeout_ms: int = setting("REQUESTS_TIMEOUT_MS", 5000, _int(10, 600_000), "timeout of cluster-wide requests (fetch_sockets, server_side_emit)")
+    publish_on_specific_response_channel: bool = setting(
+        "PUBLISH_ON_SPECIFIC_RESPONSE_CHANNEL", False, _bool, "answer cluster requests on the requester's own response channel"
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from `env` (default: os.environ); explicit overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if f.name in overrides:
+                continue
+            raw = env.get(name)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.ping_timeout_ms <= 0 or self.ping_interval_ms <= 0:
+            raise ConfigError("PING_INTERVAL_MS and PING_TIMEOUT_MS must be positive")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) rows, for --help and the README."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default
+            if isinstance(default, tuple):
+                default = ",".join(default)
+            rows.append((f.metadata["env"], "" if default is None else str(default), f.metadata["doc"]))
+        return rows

@@ -1,0 +1,61 @@
+"""An outgoing Engine.IO message, encoded once for every transport.
+
+A broadcast builds one `Outbound` and hands the same object to every recipient session: WebSocket
+sessions write `ws` (ready frame bytes, built on first use and then shared), polling sessions
+queue the object and render `polling` records when their GET is answered.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from protocol.wsframe import binary_frame, text_frame
+
+
+class Outbound:
+    __slots__ = ("text", "binaries", "_ws", "_polling")
+
+    def __init__(self, text: bytes | None, binaries: list[bytes] | tuple[bytes, ...] = ()) -> None:
+        # `text` is a complete Engine.IO text packet, type digit included (b"4..." for a message);
+        # None for a message that is only binary (a plain Engine.IO binary message).
+        self.text = text
+        self.binaries = binaries
+        self._ws: bytes | None = None
+        self._polling: list[bytes] | None = None
+
+    @property
+    def ws(self) -> bytes:
+        frames = self._ws
+        if frames is None:
+            frames = text_frame(self.text) if self.text is not None else b""
+            if self.binaries:
+                frames += b"".join([binary_frame(b) for b in self.binaries])
+            self._ws = frames
+        return frames
+
+    @property
+    def polling(self) -> list[bytes]:
+        records = self._polling
+        if records is None:
+            records = [self.text] if self.text is not None else []
+            for b in self.binaries:
+                records.append(b"b" + base64.b64encode(b))
+            self._polling = records
+        return records
+
+    @classmethod
+    def message(cls, sio_text: bytes, binaries: list[bytes] | tuple[bytes, ...] = ()) -> "Outbound":
+        """An Engine.IO MESSAGE carrying an encoded Socket.IO packet."""
+        return cls(b"4" + sio_text, binaries)
+
+
+    @classmethod
+    def binary(cls, data: bytes) -> "Outbound":
+        """A plain Engine.IO binary message."""
+        return cls(None, (data,))
+
+
+PING = Outbound(b"2")
+NOOP = Outbound(b"6")
+CLOSE = Outbound(b"1")
+PROBE_PONG = Outbound(b"3probe")

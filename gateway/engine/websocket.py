@@ -1,0 +1,158 @@
+"""The WebSocket transport: the `websockets` library's Sans-I/O `ServerProtocol` on our connection.
+
+The library parses incoming frames (masking, fragmentation limits, control frames, the closing
+handshake); we feed it bytes and act on its events. Outgoing data frames are written directly as
+pre-encoded bytes (see `Outbound`): server frames are unmasked and we negotiate no extension, so
+the same frame bytes are valid for every connection and a broadcast frames its packet once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+log = logging.getLogger("gateway.websocket")
+
+CLOSE_TIMEOUT = 2.0
+
+
+class WebSocketListener(Protocol):
+    def ws_message(self, ws: "WebSocketTransport", data: str | bytes) -> None: ...
+
+    def ws_closed(self, ws: "WebSocketTransport", reason: str) -> None: ...
+
+
+class WebSocketTransport:
+    """One accepted WebSocket connection. Implements the `Upgraded` protocol of `gateway.http`."""
+
+    __slots__ = ("transport", "protocol", "listener", "closed", "_fragments", "_fragment_text", "_fragment_size", "_max_size", "_close_timer", "_reason")
+
+    def __init__(self, transport: asyncio.Transport, protocol: ServerProtocol, max_size: int) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.listener: WebSocketListener | None = None
+        self.closed = False
+        self._fragments: list[bytes] | None = None
+        self._fragment_text = False
+        self._fragment_size = 0
+        self._max_size = max_size
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._reason = "transport close"
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._flush_protocol()
+        for frame in events:
+            self._on_frame(frame)
+            if self.closed:
+                return
+        if protocol.parser_exc is not None and not self.closed:
+            self._reason = "transport error"
+            log.info("ws_protocol_error error=%r", str(protocol.parser_exc))
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if not frame.fin:
+                self._fragments = [frame.data]
+                self._fragment_text = opcode is Opcode.TEXT
+                self._fragment_size = len(frame.data)
+                return
+            self._deliver(opcode is Opcode.TEXT, frame.data)
+        elif opcode is Opcode.CONT:
+            if self._fragments is None:
+                return  # the library rejects unexpected continuations before we see them
+            self._fragments.append(frame.data)
+            self._fragment_size += len(frame.data)
+            if frame.fin:
+                data = b"".join(self._fragments)
+                self._fragments = None
+                self._deliver(self._fragment_text, data)
+        # PING is answered by the library; CLOSE is handled by the library's closing handshake.
+
+    def _deliver(self, is_text: bool, data: bytes) -> None:
+        listener = self.listener
+        if listener is None:
+            return
+        if is_text:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                log.info("ws_invalid_utf8")
+                self.close(1007, "invalid UTF-8")
+                return
+            listener.ws_message(self, text)
+        else:
+            listener.ws_message(self, bytes(data))
+
+    def eof_received(self) -> None:
+        self.protocol.receive_eof()
+        self._flush_protocol()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        was_closed = self.closed
+        self.closed = True
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.ws_closed(self, self._reason if was_closed or exc is None else "transport error")
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    def write(self, frames: bytes) -> None:
+        if not self.closed:
+            self.transport.write(frames)
+
+    @property
+    def writable(self) -> bool:
+        return not self.closed and self.transport.get_write_buffer_size() < 1 << 20
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the TCP connection is dropped when it completes or after
+        a short timeout."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush_protocol()
+        if not self.transport.is_closing():
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
+
+    def abort(self) -> None:
+        self._close_timer = None
+        self.transport.close()
+
+    def _flush_protocol(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            else:
+                # The library signals the end of the stream: drop the TCP connection.
+                self.closed = True
+                self.transport.close()
+
+
+def handshake(path: str, headers: dict[str, str], max_size: int) -> tuple[ServerProtocol, int, bytes]:
+    """Validate a WebSocket upgrade request with the library and build its response.
+
+    Returns the protocol (ready for frames), the HTTP status and the response bytes. A status
+    other than 101 means the upgrade was refused and the response explains why.
+    """
+    protocol = ServerProtocol(state=State.OPEN, max_size=max_size, extensions=None)
+    request = WsRequest(path, Headers(list(headers.items())))
+    response = protocol.accept(request)
+    return protocol, response.status_code, response.serialize()

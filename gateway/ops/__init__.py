@@ -1,0 +1,1 @@
+"""The operations surface: logs, /health, /stats, /metrics."""

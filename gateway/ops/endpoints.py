@@ -1,0 +1,121 @@
+"""`/health`, `/stats` and `/metrics`, served by every gateway process on its own port.
+
+Metrics are read from the plain counters the hot path bumps (no prometheus calls per packet): a
+custom collector turns them into metric families at scrape time, in a registry owned by the
+server so several servers in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from ..http import Request
+    from ..server import Server
+
+
+def connection_counts(server: "Server") -> dict[str, int]:
+    counts = {"polling": 0, "websocket": 0}
+    for session in server.engine.sessions.values():
+        counts[session.transport_name] += 1
+    return counts
+
+
+def health(server: "Server") -> tuple[int, dict[str, Any]]:
+    adapter_health = getattr(server.main.adapter, "health", None)
+    links = adapter_health() if adapter_health else {"mode": "memory", "status": "healthy"}
+    status = links.get("status", "healthy")
+    if server.draining:
+        status = "unhealthy"
+    body = {
+        "status": status,
+        "adapter": links,
+        "node_id": getattr(server.main.adapter, "uid", None),
+        "uptime_seconds": round(time.time() - server.started_at, 3),
+        "connections": len(server.engine.sessions),
+        "draining": server.draining,
+    }
+    return (503 if status == "unhealthy" else 200), body
+
+
+def stats(server: "Server") -> dict[str, Any]:
+    namespaces = {}
+    for name, nsp in server.namespaces.items():
+        namespaces[name] = {
+            "sockets": len(nsp.sockets),
+            "rooms": sum(1 for room in nsp.adapter.rooms if room not in nsp.sockets),
+        }
+    return {
+        "connections": connection_counts(server),
+        "namespaces": namespaces,
+        "adapter": {
+            "broadcasts_local": server.adapter_stats.broadcasts_local,
+            "broadcasts_remote": server.adapter_stats.broadcasts_remote,
+            "deliveries": server.adapter_stats.deliveries,
+        },
+    }
+
+
+class GatewayCollector:
+    """Prometheus view of one server's counters."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        conns = GaugeMetricFamily("sio_gateway_connections", "Open Engine.IO sessions by transport", labels=["transport"])
+        for transport, count in connection_counts(server).items():
+            conns.add_metric([transport], count)
+        yield conns
+        yield GaugeMetricFamily("sio_gateway_namespaces", "Namespaces on this node", value=len(server.namespaces))
+        rooms = GaugeMetricFamily("sio_gateway_rooms", "Rooms with members on this node (socket-id rooms excluded)", labels=["namespace"])
+        sockets = GaugeMetricFamily("sio_gateway_sockets", "Connected sockets", labels=["namespace"])
+        for name, nsp in server.namespaces.items():
+            rooms.add_metric([name], sum(1 for room in nsp.adapter.rooms if room not in nsp.sockets))
+            sockets.add_metric([name], len(nsp.sockets))
+        yield rooms
+        yield sockets
+        engine = server.engine.stats
+        yield CounterMetricFamily("sio_gateway_sessions_opened", "Engine.IO sessions opened", value=engine.sessions_opened)
+        yield CounterMetricFamily("sio_gateway_upgrades", "Polling sessions upgraded to WebSocket", value=engine.upgrades)
+        bad = CounterMetricFamily("sio_gateway_bad_packets", "Malformed packets received, by protocol layer", labels=["layer"])
+        for layer in ("engineio", "socketio", "cluster"):
+            bad.add_metric([layer], engine.bad_packets.get(layer, 0))
+        yield bad
+        yield CounterMetricFamily("sio_gateway_http_errors", "Engine.IO requests answered with an error", value=engine.http_errors)
+        a = server.adapter_stats
+        broadcasts = CounterMetricFamily("sio_gateway_broadcasts", "Broadcasts delivered on this node, by origin", labels=["origin"])
+        broadcasts.add_metric(["local"], a.broadcasts_local - a.broadcasts_remote)
+        broadcasts.add_metric(["remote"], a.broadcasts_remote)
+        yield broadcasts
+        yield CounterMetricFamily("sio_gateway_deliveries", "Packets written to sockets by broadcasts", value=a.deliveries)
+        yield CounterMetricFamily("sio_gateway_volatile_dropped", "Volatile packets dropped for a busy transport", value=a.dropped_volatile)
+        extra = getattr(server.main.adapter, "collect_metrics", None)
+        if extra is not None:
+            yield from extra()
+
+
+def mount_ops(server: "Server") -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(server))  # type: ignore[arg-type]
+    server.metrics_registry = registry  # type: ignore[attr-defined]
+
+    def health_handler(request: "Request") -> None:
+        status, body = health(server)
+        request.respond(status, orjson.dumps(body), content_type="application/json")
+
+    def stats_handler(request: "Request") -> None:
+        request.respond(200, orjson.dumps(stats(server)), content_type="application/json")
+
+    def metrics_handler(request: "Request") -> None:
+        request.respond(200, generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    server.router.add("/health", health_handler)
+    server.router.add("/stats", stats_handler)
+    server.router.add("/metrics", metrics_handler)
