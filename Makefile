@@ -1,0 +1,47 @@
+# sio-gateway: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+NODE_STAMP := tests/interop/node_modules/.package-lock.json
+CONFORMANCE ?= ../shared/conformance/run
+
+.PHONY: run test test-unit test-fast conformance install install-test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+$(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+
+install: $(STAMP)
+install-test: $(TEST_STAMP) $(NODE_STAMP)
+
+## run: a gateway on 127.0.0.1:3001 (PORT, HOST, REDIS_URL, ... override; see `sio-gateway --help`)
+run: $(STAMP)
+	$(VENV)/bin/sio-gateway
+
+## test: every test (unit, integration, interop, conformance suites)
+test: install-test
+	$(PY) -m pytest -q
+
+test-unit: $(TEST_STAMP)
+	$(PY) -m pytest -q tests/unit
+
+## conformance: the official suites against a gateway started here
+conformance: install-test
+	$(PY) -m pytest -q tests/integration/test_conformance.py
+
+clean:
+	rm -rf $(VENV) tests/interop/node_modules .pytest_cache
