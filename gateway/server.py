@@ -505,7 +505,7 @@ Middleware = Callable[[Socket], Union[None, Awaitable[None]]]
 class Namespace:
     """A named channel of a server, with its sockets, middlewares and adapter."""
 
-    def __init__(self, server: "Server", name: str, parent: "Namespace | None" = None) -> None:
+    def __init__(self, server: "Server", name: str, parent: "Namespace | None" = None, template: bool = False) -> None:
         self.server = server
         self.name = name
         self.sockets: dict[str, Socket] = {}
@@ -517,7 +517,10 @@ class Namespace:
             self._middlewares: list[Middleware] = []
             self._listeners: dict[str, list[_Listener]] = {}
         self._ids = itertools.count()
-        self.adapter: Adapter = server._make_adapter(self)
+        # The parent of a dynamic family only holds handlers; its children do the work.
+        self.adapter: Adapter = Adapter(self) if template else server._make_adapter(self)
+        if server.started and not template:
+            asyncio.ensure_future(self.adapter.init())
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name}>"
@@ -793,6 +796,7 @@ class Server:
         self.stats_connected = 0
         self.debug_packets = self.settings.log_level == "DEBUG"
         self.draining = False
+        self.started = False
         self.of("/")
 
     # -- namespaces ----------------------------------------------------------------------------
@@ -810,7 +814,7 @@ class Server:
         for matcher, parent in self._dynamic:
             if matcher is name:
                 return parent
-        parent = Namespace(self, f"<dynamic {getattr(name, 'pattern', name)!r}>")
+        parent = Namespace(self, f"<dynamic {getattr(name, 'pattern', name)!r}>", template=True)
         self._dynamic.append((name, parent))
         return parent
 
@@ -894,6 +898,7 @@ class Server:
         from .ops.endpoints import mount_ops
 
         mount_ops(self)
+        self.started = True
         for nsp in list(self.namespaces.values()):
             await nsp.adapter.init()
         self.http = HttpServer(self.router, self.settings.max_payload)

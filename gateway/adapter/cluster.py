@@ -1,0 +1,676 @@
+"""The Redis cluster bridge, wire-compatible with @socket.io/redis-adapter 8.3 (classic).
+
+`ClusterBridge` owns the two Redis connections of a node (one publisher, one dedicated
+subscriber) and routes what arrives to the namespace `ClusterAdapter`s registered with it. Each
+`ClusterAdapter` is an in-memory `Adapter` for local delivery plus the cluster protocol: it
+publishes broadcasts and requests, answers other nodes' requests, and correlates responses.
+
+Publishing never blocks a broadcast: messages go to an ordered outbox drained by one writer task
+(pipelined, so a burst costs one round trip). Every pending request has one owner, a timer, and is
+forgotten on completion or timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Hashable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from protocol import cluster as wire
+from protocol import socketio as sio
+from protocol.errors import ClusterMessageError
+from protocol.socketio import PacketType
+
+from ..config import Settings
+from .base import Adapter, AdapterError, AdapterTimeout, BroadcastOptions
+
+if TYPE_CHECKING:
+    from ..server import Namespace, Server
+
+log = logging.getLogger("gateway.cluster")
+
+Room = Hashable
+
+
+class ClusterUnavailable(AdapterError):
+    """The Redis link is down; cluster-wide requests fail fast instead of hanging."""
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    published: int = 0
+    received: int = 0
+    bad_messages: int = 0
+    request_timeouts: int = 0
+    reconnects: int = 0
+    outbox_dropped: int = 0
+    publish_errors: int = 0
+    publish_seconds: list[float] = field(default_factory=list)
+
+
+class ClusterBridge:
+    """One node's Redis links, shared by all its namespaces."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url
+        self.settings = settings
+        self.url = settings.redis_url
+        self.prefix = settings.redis_prefix
+        self.adapters: dict[str, "ClusterAdapter"] = {}
+        self.channels: dict[bytes, tuple["ClusterAdapter", str]] = {}  # channel -> (adapter, kind)
+        self.patterns: dict[bytes, "ClusterAdapter"] = {}
+        self.stats = BridgeStats()
+        self.pub: aioredis.Redis | None = None
+        self.pub_up = False
+        self.sub_up = False
+        self.outbox: deque[tuple[bytes, bytes, float]] = deque()
+        self._outbox_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
+        self._pubsub: Any = None
+        self._resubscribe = asyncio.Event()
+        self.started = False
+
+    # -- registration --------------------------------------------------------------------------
+
+    def register(self, adapter: "ClusterAdapter") -> None:
+        self.adapters[adapter.nsp.name] = adapter
+        self.patterns[adapter.pattern] = adapter
+        self.channels[adapter.request_channel] = (adapter, "request")
+        self.channels[adapter.response_channel] = (adapter, "response")
+        self.channels[adapter.own_response_channel] = (adapter, "response")
+        if self._pubsub is not None and self.sub_up:
+            asyncio.ensure_future(self._subscribe_adapter(self._pubsub, adapter))
+
+    def unregister(self, adapter: "ClusterAdapter") -> None:
+        self.adapters.pop(adapter.nsp.name, None)
+        self.patterns.pop(adapter.pattern, None)
+        for channel in (adapter.request_channel, adapter.response_channel, adapter.own_response_channel):
+            self.channels.pop(channel, None)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _client(self) -> aioredis.Redis:
+        return aioredis.from_url(self.url, decode_responses=False, socket_connect_timeout=2.0, health_check_interval=0)
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.pub = self._client()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._subscriber_loop(), name="cluster-subscriber"),
+            loop.create_task(self._publisher_loop(), name="cluster-publisher"),
+        ]
+        # Give the links a moment so a node that starts with Redis up is healthy from the start.
+        for _ in range(40):
+            if self.sub_up and self.pub_up:
+                break
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._outbox_event.set()
+        # Flush what is queued (bounded) before leaving.
+        deadline = time.monotonic() + 1.0
+        while self.outbox and self.pub_up and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.pub is not None:
+            try:
+                await self.pub.aclose()
+            except Exception:
+                pass
+
+    def backoff(self, attempt: int) -> float:
+        base = min(0.1 * (2 ** attempt), 3.0)
+        return base * (0.5 + random.random() / 2)
+
+    # -- subscriber ----------------------------------------------------------------------------
+
+    async def _subscribe_adapter(self, pubsub: Any, adapter: "ClusterAdapter") -> None:
+        await pubsub.psubscribe(adapter.pattern)
+        await pubsub.subscribe(adapter.request_channel, adapter.response_channel, adapter.own_response_channel)
+
+    async def _subscriber_loop(self) -> None:
+        attempt = 0
+        while not self._closing:
+            client = self._client()
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                for adapter in list(self.adapters.values()):
+                    await self._subscribe_adapter(pubsub, adapter)
+                self._pubsub = pubsub
+                if attempt:
+                    self.stats.reconnects += 1
+                    log.info("cluster_subscriber_reconnected attempts=%d", attempt)
+                attempt = 0
+                self.sub_up = True
+                while not self._closing:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, ConnectionError) as exc:
+                if self.sub_up or attempt == 0:
+                    log.warning("cluster_subscriber_down error=%r", str(exc))
+                self.sub_up = False
+                self._pubsub = None
+                attempt += 1
+                await asyncio.sleep(self.backoff(attempt))
+            finally:
+                self.sub_up = False if self._closing else self.sub_up
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        self.stats.received += 1
+        try:
+            kind = message["type"]
+            if kind == "pmessage":
+                adapter = self.patterns.get(message["pattern"])
+                if adapter is not None:
+                    adapter.on_broadcast(message["channel"], message["data"])
+            elif kind == "message":
+                target = self.channels.get(message["channel"])
+                if target is not None:
+                    adapter, role = target
+                    if role == "request":
+                        adapter.on_request(message["data"])
+                    else:
+                        adapter.on_response(message["data"])
+        except ClusterMessageError as exc:
+            self.stats.bad_messages += 1
+            log.warning("cluster_bad_message channel=%r error=%r", message.get("channel"), str(exc))
+        except Exception:
+            self.stats.bad_messages += 1
+            log.exception("cluster_message_failed channel=%r", message.get("channel"))
+
+    # -- publisher -----------------------------------------------------------------------------
+
+    def publish(self, channel: str | bytes, payload: bytes) -> None:
+        """Queue a message; the writer task sends queued messages in order, pipelined."""
+        if isinstance(channel, str):
+            channel = channel.encode()
+        self.outbox.append((channel, payload, time.monotonic()))
+        self._outbox_event.set()
+
+    async def publish_now(self, channel: bytes | str, payload: bytes) -> None:
+        """Publish bypassing the outbox (requests whose caller waits for answers)."""
+        if not self.pub_up or self.pub is None:
+            raise ClusterUnavailable("Redis publisher is down")
+        await self.pub.publish(channel, payload)
+        self.stats.published += 1
+
+    async def numsub(self, channel: bytes) -> int:
+        if not self.pub_up or self.pub is None:
+            raise ClusterUnavailable("Redis publisher is down")
+        result = await self.pub.execute_command("PUBSUB", "NUMSUB", channel)
+        return int(result[1]) if len(result) >= 2 else 0
+
+    async def _publisher_loop(self) -> None:
+        attempt = 0
+        while not self._closing or self.outbox:
+            try:
+                assert self.pub is not None
+                await self.pub.ping()
+                if attempt:
+                    self.stats.reconnects += 1
+                    log.info("cluster_publisher_reconnected attempts=%d", attempt)
+                attempt = 0
+                self.pub_up = True
+                while True:
+                    if not self.outbox:
+                        if self._closing:
+                            return
+                        self._outbox_event.clear()
+                        await self._outbox_event.wait()
+                        continue
+                    batch = []
+                    while self.outbox and len(batch) < 512:
+                        batch.append(self.outbox[0] if False else self.outbox.popleft())
+                    started = time.perf_counter()
+                    try:
+                        pipe = self.pub.pipeline(transaction=False)
+                        for channel, payload, _ in batch:
+                            pipe.publish(channel, payload)
+                        await pipe.execute()
+                    except BaseException:
+                        # Put the batch back in front, in order, for the next attempt.
+                        self.outbox.extendleft(reversed(batch))
+                        raise
+                    elapsed = time.perf_counter() - started
+                    self.stats.published += len(batch)
+                    samples = self.stats.publish_seconds
+                    if len(samples) < 10000:
+                        samples.append(elapsed)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, ConnectionError) as exc:
+                if self.pub_up or attempt == 0:
+                    log.warning("cluster_publisher_down error=%r queued=%d", str(exc), len(self.outbox))
+                self.pub_up = False
+                self.stats.publish_errors += 1
+                attempt += 1
+                await asyncio.sleep(self.backoff(attempt))
+
+    # -- health --------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        status = "healthy" if self.pub_up and self.sub_up else "degraded"
+        return {
+            "mode": "redis",
+            "status": status,
+            "publisher": "up" if self.pub_up else "down",
+            "subscriber": "up" if self.sub_up else "down",
+            "outbox": len(self.outbox),
+        }
+
+
+# -- per-namespace adapter -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    type: wire.RequestType
+    expected: int
+    future: "asyncio.Future[Any] | None" = None
+    responses: list[Any] = field(default_factory=list)
+    received: int = 0
+    timer: asyncio.TimerHandle | None = None
+    on_client_count: Callable[[int], None] | None = None
+    on_ack: Callable[[Any], None] | None = None
+
+
+class RemoteSocket:
+    """A socket living on another node, as returned by `fetch_sockets()`."""
+
+    __slots__ = ("adapter", "id", "handshake", "rooms", "data")
+
+    def __init__(self, adapter: "ClusterAdapter", description: dict[str, Any]) -> None:
+        self.adapter = adapter
+        self.id: str = description["id"]
+        self.handshake: dict[str, Any] = description.get("handshake") or {}
+        self.rooms: set[Room] = set(description.get("rooms") or ())
+        self.data: Any = description.get("data")
+
+    def __repr__(self) -> str:
+        return f"<RemoteSocket {self.id}>"
+
+    def _only_me(self) -> BroadcastOptions:
+        return BroadcastOptions(rooms=frozenset([self.id]))
+
+    def emit(self, event: str, *args: Any) -> None:
+        packet = sio.Packet(PacketType.EVENT, self.adapter.nsp.name, [event, *args])
+        self.adapter.broadcast(packet, self._only_me())
+
+    def join(self, rooms: Room | list[Room]) -> None:
+        self.adapter.add_sockets(self._only_me(), [rooms] if isinstance(rooms, (str, int)) else list(rooms))
+
+    def leave(self, room: Room) -> None:
+        self.adapter.del_sockets(self._only_me(), [room])
+
+    def disconnect(self, close: bool = False) -> None:
+        self.adapter.disconnect_sockets(self._only_me(), close)
+
+
+def _wire_opts(opts: BroadcastOptions, with_flags: bool = False) -> wire.BroadcastOptions:
+    return wire.BroadcastOptions(list(opts.rooms), list(opts.except_), opts.wire_flags() if with_flags else None)
+
+
+def _local_opts(o: wire.BroadcastOptions | None, flags: dict[str, Any] | None = None) -> BroadcastOptions:
+    if o is None:
+        return BroadcastOptions()
+    flags = flags if flags is not None else (o.flags or {})
+    return BroadcastOptions(rooms=frozenset(o.rooms), except_=frozenset(o.except_rooms), volatile=bool(flags.get("volatile")))
+
+
+class ClusterAdapter(Adapter):
+    """An in-memory adapter that is also a member of a Redis cluster (classic protocol)."""
+
+    def __init__(self, nsp: "Namespace", bridge: ClusterBridge) -> None:
+        super().__init__(nsp)
+        self.bridge = bridge
+        self.uid = wire.new_classic_id()
+        prefix = bridge.prefix
+        name = nsp.name
+        self.prefix = prefix
+        self.pattern = wire.broadcast_pattern(prefix, name).encode()
+        self.request_channel = wire.request_channel(prefix, name).encode()
+        self.response_channel = wire.response_channel(prefix, name).encode()
+        self.own_response_channel = wire.response_channel(prefix, name, self.uid).encode()
+        self._channel_base = f"{prefix}#{name}#".encode()
+        self.pending: dict[str, PendingRequest] = {}
+        self.requests_timeout = bridge.settings.requests_timeout_ms / 1000
+        self.specific_responses = bridge.settings.publish_on_specific_response_channel
+        bridge.register(self)
+
+    async def init(self) -> None:
+        await self.bridge.start()
+
+    async def close(self) -> None:
+        self.bridge.unregister(self)
+        for request_id in list(self.pending):
+            self._forget(request_id)
+        if not self.bridge.adapters:
+            await self.bridge.close()
+
+    def health(self) -> dict[str, Any]:
+        return self.bridge.health()
+
+    # -- outgoing broadcasts -------------------------------------------------------------------
+
+    def broadcast(self, packet: sio.Packet, opts: BroadcastOptions) -> None:
+        self.deliver(packet, opts)
+        if opts.local:
+            return
+        rooms = list(opts.rooms)
+        payload = wire.encode_classic_broadcast(self.uid, self.nsp.name, packet.data, _wire_opts(opts, with_flags=True))
+        self.bridge.publish(wire.broadcast_channel(self.prefix, self.nsp.name, rooms), payload)
+
+    def broadcast_with_ack(self, packet: sio.Packet, opts: BroadcastOptions, on_client_count: Callable[[int], None], on_ack: Callable[[Any], None]) -> None:
+        data = list(packet.data)
+        super().broadcast_with_ack(packet, opts, on_client_count, on_ack)
+        if opts.local:
+            return
+        request_id = wire.new_classic_id()
+        timeout = opts.timeout if opts.timeout is not None else 5.0
+        entry = PendingRequest(wire.RequestType.BROADCAST, expected=0, on_client_count=on_client_count, on_ack=on_ack)
+        self.pending[request_id] = entry
+        entry.timer = asyncio.get_running_loop().call_later(timeout, self._forget, request_id)
+        payload = wire.encode_broadcast_with_ack_request(self.uid, request_id, self.nsp.name, data, _wire_opts(opts, with_flags=True))
+        self.bridge.publish(self.request_channel, payload)
+
+    # -- requests we issue ---------------------------------------------------------------------
+
+    async def server_count(self) -> int:
+        return max(1, await self.bridge.numsub(self.request_channel))
+
+    async def _request(self, rtype: wire.RequestType, payload_of: Callable[[str], bytes], timeout: float | None = None) -> list[Any] | None:
+        """Publish a request and wait for one answer per other node. None when alone."""
+        expected = await self.bridge.numsub(self.request_channel) - 1
+        if expected <= 0:
+            return None
+        request_id = wire.new_classic_id()
+        loop = asyncio.get_running_loop()
+        entry = PendingRequest(rtype, expected=expected, future=loop.create_future())
+        self.pending[request_id] = entry
+        entry.timer = loop.call_later(timeout or self.requests_timeout, self._expire, request_id)
+        try:
+            await self.bridge.publish_now(self.request_channel, payload_of(request_id))
+            return await entry.future  # type: ignore[misc]
+        finally:
+            self._forget(request_id)
+
+    def _expire(self, request_id: str) -> None:
+        entry = self.pending.pop(request_id, None)
+        if entry is None:
+            return
+        self.bridge.stats.request_timeouts += 1
+        log.warning("cluster_request_timeout type=%s request_id=%s answered=%d expected=%d", entry.type.name, request_id, entry.received, entry.expected)
+        if entry.future is not None and not entry.future.done():
+            error = AdapterTimeout(f"{entry.type.name}: {entry.received} of {entry.expected} nodes answered in time")
+            error.responses = list(entry.responses)  # type: ignore[attr-defined]
+            entry.future.set_exception(error)
+
+    def _forget(self, request_id: str) -> None:
+        entry = self.pending.pop(request_id, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+
+    async def fetch_sockets(self, opts: BroadcastOptions) -> list[Any]:
+        local = list(self.select(opts))
+        if opts.local:
+            return local
+        remote = await self._request(
+            wire.RequestType.REMOTE_FETCH,
+            lambda rid: wire.encode_fetch_sockets_request(self.uid, rid, _wire_opts(opts)),
+        )
+        for description in remote or ():
+            local.append(RemoteSocket(self, description))
+        return local
+
+    async def all_rooms(self) -> set[Room]:
+        rooms = set(self.registry.rooms)
+        remote = await self._request(wire.RequestType.ALL_ROOMS, lambda rid: wire.encode_all_rooms_request(self.uid, rid))
+        for answer in remote or ():
+            rooms.update(answer)
+        return rooms
+
+    async def server_side_emit(self, data: list[Any], ack: bool, timeout: float | None = None) -> list[Any]:
+        if not ack:
+            self.bridge.publish(self.request_channel, wire.encode_server_side_emit(self.uid, data))
+            return []
+        answers = await self._request(
+            wire.RequestType.SERVER_SIDE_EMIT,
+            lambda rid: wire.encode_server_side_emit(self.uid, data, rid),
+            timeout,
+        )
+        return answers or []
+
+    def add_sockets(self, opts: BroadcastOptions, rooms: list[Room]) -> None:
+        super().add_sockets(opts, rooms)
+        if not opts.local:
+            self.bridge.publish(self.request_channel, wire.encode_remote_join(self.uid, _wire_opts(opts), rooms))
+
+    def del_sockets(self, opts: BroadcastOptions, rooms: list[Room]) -> None:
+        super().del_sockets(opts, rooms)
+        if not opts.local:
+            self.bridge.publish(self.request_channel, wire.encode_remote_leave(self.uid, _wire_opts(opts), rooms))
+
+    def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
+        super().disconnect_sockets(opts, close)
+        if not opts.local:
+            self.bridge.publish(self.request_channel, wire.encode_remote_disconnect(self.uid, _wire_opts(opts), close))
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    def on_broadcast(self, channel: bytes, payload: bytes) -> None:
+        base = self._channel_base
+        if not channel.startswith(base):
+            return
+        room_part = channel[len(base) : -1]
+        if room_part:
+            # Spec 2.3 rule 2: a single-room broadcast for a room we do not have is dropped
+            # before decoding (that is most cross-node traffic on a busy cluster).
+            room = room_part.decode("utf-8", "replace")
+            rooms = self.registry.rooms
+            if room not in rooms:
+                number = wire.numeric_room(room)
+                if number is None or number not in rooms:
+                    return
+        message = wire.decode_classic_broadcast(payload)
+        if message.uid == self.uid:
+            return
+        if message.nsp != self.nsp.name:
+            return
+        flags = message.flags or {}
+        opts = BroadcastOptions(
+            rooms=frozenset(message.rooms),
+            except_=frozenset(message.except_rooms),
+            volatile=bool(flags.get("volatile")),
+        )
+        self.stats.broadcasts_remote += 1
+        self.deliver(sio.Packet(PacketType.EVENT, self.nsp.name, message.data), opts)
+
+    def _respond(self, requester: str | None, payload: bytes, shared: bool = False) -> None:
+        if self.specific_responses and requester and not shared:
+            channel = wire.response_channel(self.prefix, self.nsp.name, requester)
+        else:
+            channel = self.response_channel.decode()
+        self.bridge.publish(channel, payload)
+
+    def on_request(self, payload: bytes) -> None:
+        req = wire.decode_classic_request(payload)
+        T = wire.RequestType
+        rtype = req.type
+        if rtype in (T.REMOTE_JOIN, T.REMOTE_LEAVE, T.REMOTE_DISCONNECT):
+            if req.uid == self.uid:
+                return  # applied locally when issued
+            if req.sid is not None:
+                self._legacy_single_socket(req)
+                return
+            opts = _local_opts(req.opts)
+            if rtype is T.REMOTE_JOIN:
+                Adapter.add_sockets(self, opts, list(req.rooms or ()))
+            elif rtype is T.REMOTE_LEAVE:
+                Adapter.del_sockets(self, opts, list(req.rooms or ()))
+            else:
+                Adapter.disconnect_sockets(self, opts, bool(req.close))
+            return
+        if req.request_id is not None and req.request_id in self.pending:
+            return  # our own request coming back
+        if rtype is T.SERVER_SIDE_EMIT:
+            if req.uid == self.uid:
+                return
+            data = req.data or []
+            if req.request_id is None:
+                self.nsp._on_server_side_event(data, None)
+                return
+            if not data or not self.nsp.has_listener(data[0]):
+                return  # as in Node: no listener, no answer (the requester times out)
+            request_id = req.request_id
+            answered = False
+
+            def ack(value: Any = None) -> None:
+                nonlocal answered
+                if answered:
+                    return
+                answered = True
+                # serverSideEmit acknowledgements always go to the shared channel (spec 2.5).
+                self._respond(req.uid, wire.encode_server_side_emit_response(request_id, value), shared=True)
+
+            self.nsp._on_server_side_event(data, ack)
+        elif rtype is T.REMOTE_FETCH:
+            sockets = [self._describe(s) for s in self.select(_local_opts(req.opts))]
+            self._respond(req.uid, wire.encode_fetch_sockets_response(req.request_id, sockets))  # type: ignore[arg-type]
+        elif rtype is T.ALL_ROOMS:
+            self._respond(req.uid, wire.encode_all_rooms_response(req.request_id, list(self.registry.rooms)))  # type: ignore[arg-type]
+        elif rtype is T.SOCKETS:
+            opts = BroadcastOptions(rooms=frozenset(req.rooms or ()))
+            self._respond(req.uid, wire.encode_sockets_response(req.request_id, [s.id for s in self.select(opts)]))  # type: ignore[arg-type]
+        elif rtype is T.BROADCAST:
+            self._answer_broadcast_with_ack(req)
+
+    def _answer_broadcast_with_ack(self, req: wire.ClassicRequest) -> None:
+        packet_map = req.packet or {}
+        data = packet_map.get("data")
+        if not isinstance(data, list) or not data:
+            raise ClusterMessageError("broadcast request without event data")
+        flags = (req.opts.flags if req.opts else None) or {}
+        opts = _local_opts(req.opts, flags)
+        request_id = req.request_id
+        requester = req.uid
+
+        def on_client_count(n: int) -> None:
+            self._respond(requester, wire.encode_client_count_response(request_id, n))  # type: ignore[arg-type]
+
+        def on_ack(value: Any) -> None:
+            self._respond(requester, wire.encode_broadcast_ack_response(request_id, value))  # type: ignore[arg-type]
+
+        Adapter.broadcast_with_ack(self, sio.Packet(PacketType.EVENT, self.nsp.name, data), opts, on_client_count, on_ack)
+
+    def _legacy_single_socket(self, req: wire.ClassicRequest) -> None:
+        socket = self.nsp.sockets.get(req.sid)  # type: ignore[arg-type]
+        if socket is None:
+            return
+        T = wire.RequestType
+        if req.type is T.REMOTE_JOIN:
+            socket.join(req.room)  # type: ignore[arg-type]
+        elif req.type is T.REMOTE_LEAVE:
+            socket.leave(req.room)  # type: ignore[arg-type]
+        else:
+            socket.disconnect(bool(req.close))
+        if req.request_id:
+            self._respond(req.uid, wire.encode_legacy_ack_response(req.request_id))
+
+    def _describe(self, socket: Any) -> dict[str, Any]:
+        h = socket.handshake
+        handshake = wire.socket_handshake(
+            headers=h.get("headers", {}),
+            address=h.get("address", ""),
+            issued=h.get("issued", 0),
+            url=h.get("url", ""),
+            query=h.get("query", {}),
+            auth=h.get("auth", {}),
+            xdomain=h.get("xdomain", False),
+            secure=h.get("secure", False),
+            time=h.get("time"),
+        )
+        rooms = [socket.id] + [r for r in self.socket_rooms(socket) if r != socket.id]
+        return wire.socket_description(socket.id, handshake, rooms, socket.data)
+
+    def on_response(self, payload: bytes) -> None:
+        response = wire.decode_classic_response(payload)
+        entry = self.pending.get(response.request_id)
+        if entry is None:
+            return  # someone else's request, or one that already completed or timed out
+        T = wire.RequestType
+        if entry.type is T.BROADCAST:
+            if response.type is T.BROADCAST_CLIENT_COUNT and entry.on_client_count is not None:
+                entry.on_client_count(response.client_count or 0)
+            elif response.type is T.BROADCAST_ACK and entry.on_ack is not None:
+                entry.on_ack(response.packet)
+            return
+        if entry.type is T.REMOTE_FETCH:
+            entry.responses.extend(response.sockets or ())
+        elif entry.type is T.ALL_ROOMS:
+            entry.responses.append(response.rooms or [])
+        elif entry.type is T.SERVER_SIDE_EMIT:
+            entry.responses.append(response.data)
+        elif entry.type is T.SOCKETS:
+            entry.responses.extend(response.sockets or ())
+        entry.received += 1
+        if entry.received >= entry.expected and entry.future is not None and not entry.future.done():
+            entry.future.set_result(entry.responses)
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def collect_metrics(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.bridge.stats
+        yield CounterMetricFamily("sio_gateway_redis_published", "Messages published to Redis", value=s.published)
+        yield CounterMetricFamily("sio_gateway_redis_received", "Messages received from Redis", value=s.received)
+        yield CounterMetricFamily("sio_gateway_redis_bad_messages", "Malformed or foreign Redis messages dropped", value=s.bad_messages)
+        yield CounterMetricFamily("sio_gateway_redis_request_timeouts", "Cluster requests that timed out", value=s.request_timeouts)
+        yield CounterMetricFamily("sio_gateway_redis_reconnects", "Redis reconnections", value=s.reconnects)
+        yield GaugeMetricFamily("sio_gateway_redis_outbox", "Messages waiting to be published", value=len(self.bridge.outbox))
+        link = GaugeMetricFamily("sio_gateway_redis_link_up", "Redis link state (1 up, 0 down)", labels=["link"])
+        link.add_metric(["publisher"], 1 if self.bridge.pub_up else 0)
+        link.add_metric(["subscriber"], 1 if self.bridge.sub_up else 0)
+        yield link
+        pending = sum(len(a.pending) for a in self.bridge.adapters.values())
+        yield GaugeMetricFamily("sio_gateway_cluster_pending_requests", "Cluster requests awaiting answers", value=pending)
+
+
+def cluster_adapter_factory(settings: Settings) -> Callable[["Namespace"], Adapter]:
+    """Adapters for every namespace of one server, sharing that server's ClusterBridge."""
+
+    def factory(nsp: "Namespace") -> Adapter:
+        server: "Server" = nsp.server
+        bridge = getattr(server, "cluster_bridge", None)
+        if bridge is None:
+            bridge = ClusterBridge(settings)
+            server.cluster_bridge = bridge  # type: ignore[attr-defined]
+        return ClusterAdapter(nsp, bridge)
+
+    return factory
