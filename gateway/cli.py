@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from .runtime import run
 
     server = build_gateway(settings)
-    run(server.start, server.close)
+    run(server.start, server.close, settings.shutdown_deadline_ms / 1000)
 
 
 if __name__ == "__main__":

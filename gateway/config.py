@@ -95,6 +95,13 @@ class Settings:
     publish_on_specific_response_channel: bool = setting(
         "PUBLISH_ON_SPECIFIC_RESPONSE_CHANNEL", False, _bool, "answer cluster requests on the requester's own response channel"
     )
+    reconnect_initial_ms: int = setting("REDIS_RECONNECT_INITIAL_MS", 100, _int(10, 60_000), "first Redis reconnect delay (doubles each attempt, with jitter)")
+    reconnect_max_ms: int = setting("REDIS_RECONNECT_MAX_MS", 3000, _int(10, 600_000), "cap of the Redis reconnect delay")
+    reconnect_attempts: int = setting("REDIS_RECONNECT_ATTEMPTS", 10, _int(1, 1_000_000), "attempts before the node declares itself single-node (it keeps retrying at the cap)")
+    outbox_max_messages: int = setting("OUTBOX_MAX_MESSAGES", 10000, _int(0, 10_000_000), "cross-node messages kept while Redis is unreachable")
+    outbox_max_age_ms: int = setting("OUTBOX_MAX_AGE_MS", 10000, _int(0, 3_600_000), "oldest cross-node message replayed after an outage")
+    watchdog_ms: int = setting("REDIS_WATCHDOG_MS", 3000, _int(200, 600_000), "rebuild a subscriber that stops receiving its own probes for this long")
+    shutdown_deadline_ms: int = setting("SHUTDOWN_DEADLINE_MS", 10000, _int(100, 600_000), "graceful shutdown deadline on SIGTERM/SIGINT")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

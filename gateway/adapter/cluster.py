@@ -43,20 +43,47 @@ class ClusterUnavailable(AdapterError):
     """The Redis link is down; cluster-wide requests fail fast instead of hanging."""
 
 
+PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 @dataclass(slots=True)
 class BridgeStats:
+    """Plain counters (bumped on the hot path, read by /metrics)."""
+
     published: int = 0
     received: int = 0
     bad_messages: int = 0
     request_timeouts: int = 0
     reconnects: int = 0
+    reconnect_attempts: int = 0
+    watchdog_rebuilds: int = 0
     outbox_dropped: int = 0
     publish_errors: int = 0
-    publish_seconds: list[float] = field(default_factory=list)
+    last_drop_log: float = 0.0
+    publish_buckets: list[int] = field(default_factory=lambda: [0] * (len(PUBLISH_BUCKETS) + 1))
+    publish_sum: float = 0.0
+    publish_count: int = 0
+
+    def observe_publish(self, seconds: float) -> None:
+        """One pipelined publish round trip, for the latency histogram."""
+        self.publish_sum += seconds
+        self.publish_count += 1
+        for i, bound in enumerate(PUBLISH_BUCKETS):
+            if seconds <= bound:
+                self.publish_buckets[i] += 1
+                return
+        self.publish_buckets[-1] += 1
 
 
 class ClusterBridge:
-    """One node's Redis links, shared by all its namespaces."""
+    """One node's Redis links, shared by all its namespaces.
+
+    Supervision: both links reconnect with exponential backoff and jitter; the subscriber
+    re-establishes every subscription and proves it with a probe message sent through Redis to
+    itself before the link counts as up; a watchdog keeps probing and rebuilds a subscriber that
+    stops receiving (a Redis-side kill of a slow subscriber, a half-open TCP connection). While
+    the publisher is down, cross-node messages wait in a bounded outbox and are replayed in order.
+    """
 
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url
@@ -70,13 +97,19 @@ class ClusterBridge:
         self.pub: aioredis.Redis | None = None
         self.pub_up = False
         self.sub_up = False
+        self.single_node = False  # set after the configured number of failed attempts
         self.outbox: deque[tuple[bytes, bytes, float]] = deque()
         self._outbox_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
         self._pubsub: Any = None
-        self._resubscribe = asyncio.Event()
         self.started = False
+        self.node_tag = wire.new_sharded_id()
+        self.probe_channel = f"{self.prefix}-gateway-probe#{self.node_tag}#".encode()
+        self._probe_seen = 0.0
+        self._probe_waiter: asyncio.Future[None] | None = None
+        self._sub_attempts = 0
+        self._pub_attempts = 0
 
     # -- registration --------------------------------------------------------------------------
 
@@ -101,6 +134,8 @@ class ClusterBridge:
         return aioredis.from_url(self.url, decode_responses=False, socket_connect_timeout=2.0, health_check_interval=0)
 
     async def start(self) -> None:
+        """Start the links. Returns quickly even when Redis is down: the node serves its local
+        clients at once and joins the cluster when Redis appears."""
         if self.started:
             return
         self.started = True
@@ -110,16 +145,16 @@ class ClusterBridge:
             loop.create_task(self._subscriber_loop(), name="cluster-subscriber"),
             loop.create_task(self._publisher_loop(), name="cluster-publisher"),
         ]
-        # Give the links a moment so a node that starts with Redis up is healthy from the start.
         for _ in range(40):
             if self.sub_up and self.pub_up:
                 break
             await asyncio.sleep(0.05)
+        if not (self.sub_up and self.pub_up):
+            log.warning("cluster_start_degraded publisher=%s subscriber=%s", self.pub_up, self.sub_up)
 
     async def close(self) -> None:
         self._closing = True
         self._outbox_event.set()
-        # Flush what is queued (bounded) before leaving.
         deadline = time.monotonic() + 1.0
         while self.outbox and self.pub_up and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -137,8 +172,31 @@ class ClusterBridge:
                 pass
 
     def backoff(self, attempt: int) -> float:
-        base = min(0.1 * (2 ** attempt), 3.0)
+        """Exponential from the initial delay to the cap, with jitter in [50 %, 100 %]."""
+        initial = self.settings.reconnect_initial_ms / 1000
+        cap = self.settings.reconnect_max_ms / 1000
+        base = min(initial * (2 ** max(0, attempt - 1)), cap)
         return base * (0.5 + random.random() / 2)
+
+    def _failed_attempt(self, link: str, attempt: int, exc: BaseException) -> None:
+        self.stats.reconnect_attempts += 1
+        log.warning("cluster_link_down link=%s attempt=%d error=%r", link, attempt, str(exc))
+        if attempt == self.settings.reconnect_attempts and not self.single_node:
+            self.single_node = True
+            log.error(
+                "cluster_unreachable link=%s attempts=%d mode=single-node note=%r",
+                link,
+                attempt,
+                "serving local clients only; cross-node messages are queued up to the outbox limits; still retrying",
+            )
+
+    def _link_restored(self, link: str, attempts: int) -> None:
+        if attempts:
+            self.stats.reconnects += 1
+            log.info("cluster_link_up link=%s after_attempts=%d", link, attempts)
+        if self.single_node and self.pub_up and self.sub_up:
+            self.single_node = False
+            log.warning("cluster_rejoined mode=redis")
 
     # -- subscriber ----------------------------------------------------------------------------
 
@@ -146,35 +204,68 @@ class ClusterBridge:
         await pubsub.psubscribe(adapter.pattern)
         await pubsub.subscribe(adapter.request_channel, adapter.response_channel, adapter.own_response_channel)
 
+    async def _verify(self, pubsub: Any, client: aioredis.Redis) -> None:
+        """Prove the subscriptions work: a probe published to our own probe channel must come
+        back through this very subscriber, and Redis must count our request subscriptions."""
+        loop = asyncio.get_running_loop()
+        self._probe_waiter = loop.create_future()
+        deadline = time.monotonic() + 3.0
+        token = self.node_tag.encode()
+        while not self._probe_waiter.done():
+            await client.publish(self.probe_channel, token)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message is not None:
+                self._dispatch(message)
+            if time.monotonic() > deadline:
+                raise ConnectionError("subscription probe did not come back")
+        self._probe_waiter = None
+        for adapter in list(self.adapters.values()):
+            result = await client.execute_command("PUBSUB", "NUMSUB", adapter.request_channel)
+            if int(result[1]) < 1:
+                raise ConnectionError(f"request channel {adapter.request_channel!r} not subscribed")
+
     async def _subscriber_loop(self) -> None:
-        attempt = 0
+        watchdog = self.settings.watchdog_ms / 1000
+        probe_every = max(0.1, watchdog / 3)
         while not self._closing:
             client = self._client()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
+                await pubsub.subscribe(self.probe_channel)
                 for adapter in list(self.adapters.values()):
                     await self._subscribe_adapter(pubsub, adapter)
+                await self._verify(pubsub, client)
                 self._pubsub = pubsub
-                if attempt:
-                    self.stats.reconnects += 1
-                    log.info("cluster_subscriber_reconnected attempts=%d", attempt)
-                attempt = 0
                 self.sub_up = True
+                self._link_restored("subscriber", self._sub_attempts)
+                self._sub_attempts = 0
+                self._probe_seen = time.monotonic()
+                next_probe = time.monotonic() + probe_every
                 while not self._closing:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(1.0, probe_every))
                     if message is not None:
                         self._dispatch(message)
+                    now = time.monotonic()
+                    if now >= next_probe:
+                        next_probe = now + probe_every
+                        try:
+                            await client.publish(self.probe_channel, b"watchdog")
+                        except (RedisError, OSError) as exc:
+                            raise ConnectionError(f"probe publish failed: {exc}") from exc
+                    if now - self._probe_seen > watchdog:
+                        self.stats.watchdog_rebuilds += 1
+                        raise ConnectionError(f"subscriber received nothing for {now - self._probe_seen:.1f}s")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as exc:
-                if self.sub_up or attempt == 0:
-                    log.warning("cluster_subscriber_down error=%r", str(exc))
                 self.sub_up = False
                 self._pubsub = None
-                attempt += 1
-                await asyncio.sleep(self.backoff(attempt))
+                self._sub_attempts += 1
+                self._failed_attempt("subscriber", self._sub_attempts, exc)
+                await asyncio.sleep(self.backoff(self._sub_attempts))
             finally:
-                self.sub_up = False if self._closing else self.sub_up
+                if self._closing:
+                    self.sub_up = False
                 try:
                     await pubsub.aclose()
                     await client.aclose()
@@ -190,7 +281,14 @@ class ClusterBridge:
                 if adapter is not None:
                     adapter.on_broadcast(message["channel"], message["data"])
             elif kind == "message":
-                target = self.channels.get(message["channel"])
+                channel = message["channel"]
+                if channel == self.probe_channel:
+                    self._probe_seen = time.monotonic()
+                    waiter = self._probe_waiter
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                    return
+                target = self.channels.get(channel)
                 if target is not None:
                     adapter, role = target
                     if role == "request":
@@ -207,11 +305,35 @@ class ClusterBridge:
     # -- publisher -----------------------------------------------------------------------------
 
     def publish(self, channel: str | bytes, payload: bytes) -> None:
-        """Queue a message; the writer task sends queued messages in order, pipelined."""
+        """Queue a message; the writer task sends queued messages in order, pipelined. While Redis
+        is unreachable the outbox keeps at most OUTBOX_MAX_MESSAGES (oldest dropped first)."""
         if isinstance(channel, str):
             channel = channel.encode()
-        self.outbox.append((channel, payload, time.monotonic()))
+        outbox = self.outbox
+        if not self.pub_up and len(outbox) >= self.settings.outbox_max_messages:
+            outbox.popleft()
+            self._dropped(1, "outbox full")
+        outbox.append((channel, payload, time.monotonic()))
         self._outbox_event.set()
+
+    def _dropped(self, count: int, why: str) -> None:
+        self.stats.outbox_dropped += count
+        # One line per reason and second at most: an outage must not flood the log.
+        now = time.monotonic()
+        if now - self.stats.last_drop_log > 1.0:
+            self.stats.last_drop_log = now
+            log.warning("cluster_outbox_dropped reason=%r total=%d", why, self.stats.outbox_dropped)
+
+    def _expire_outbox(self) -> None:
+        max_age = self.settings.outbox_max_age_ms / 1000
+        limit = time.monotonic() - max_age
+        outbox = self.outbox
+        expired = 0
+        while outbox and outbox[0][2] < limit:
+            outbox.popleft()
+            expired += 1
+        if expired:
+            self._dropped(expired, "older than OUTBOX_MAX_AGE_MS")
 
     async def publish_now(self, channel: bytes | str, payload: bytes) -> None:
         """Publish bypassing the outbox (requests whose caller waits for answers)."""
@@ -223,20 +345,22 @@ class ClusterBridge:
     async def numsub(self, channel: bytes) -> int:
         if not self.pub_up or self.pub is None:
             raise ClusterUnavailable("Redis publisher is down")
-        result = await self.pub.execute_command("PUBSUB", "NUMSUB", channel)
+        try:
+            result = await self.pub.execute_command("PUBSUB", "NUMSUB", channel)
+        except (RedisError, OSError) as exc:
+            raise ClusterUnavailable(f"Redis request failed: {exc}") from exc
         return int(result[1]) if len(result) >= 2 else 0
 
     async def _publisher_loop(self) -> None:
-        attempt = 0
         while not self._closing or self.outbox:
             try:
                 assert self.pub is not None
                 await self.pub.ping()
-                if attempt:
-                    self.stats.reconnects += 1
-                    log.info("cluster_publisher_reconnected attempts=%d", attempt)
-                attempt = 0
+                if self._pub_attempts and self.outbox:
+                    await self._settle_before_replay()
                 self.pub_up = True
+                self._link_restored("publisher", self._pub_attempts)
+                self._pub_attempts = 0
                 while True:
                     if not self.outbox:
                         if self._closing:
@@ -244,9 +368,13 @@ class ClusterBridge:
                         self._outbox_event.clear()
                         await self._outbox_event.wait()
                         continue
+                    self._expire_outbox()
                     batch = []
-                    while self.outbox and len(batch) < 512:
-                        batch.append(self.outbox[0] if False else self.outbox.popleft())
+                    outbox = self.outbox
+                    while outbox and len(batch) < 512:
+                        batch.append(outbox.popleft())
+                    if not batch:
+                        continue
                     started = time.perf_counter()
                     try:
                         pipe = self.pub.pipeline(transaction=False)
@@ -255,33 +383,65 @@ class ClusterBridge:
                         await pipe.execute()
                     except BaseException:
                         # Put the batch back in front, in order, for the next attempt.
-                        self.outbox.extendleft(reversed(batch))
+                        outbox.extendleft(reversed(batch))
                         raise
-                    elapsed = time.perf_counter() - started
                     self.stats.published += len(batch)
-                    samples = self.stats.publish_seconds
-                    if len(samples) < 10000:
-                        samples.append(elapsed)
+                    self.stats.observe_publish(time.perf_counter() - started)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as exc:
-                if self.pub_up or attempt == 0:
-                    log.warning("cluster_publisher_down error=%r queued=%d", str(exc), len(self.outbox))
                 self.pub_up = False
                 self.stats.publish_errors += 1
-                attempt += 1
-                await asyncio.sleep(self.backoff(attempt))
+                self._pub_attempts += 1
+                self._failed_attempt("publisher", self._pub_attempts, exc)
+                await asyncio.sleep(self.backoff(self._pub_attempts))
+
+    async def _settle_before_replay(self) -> None:
+        """After an outage, give the other nodes' subscribers a moment to come back before the
+        outbox is replayed: wait for our own subscriber, then until the subscriber count of our
+        request channels stops changing (bounded by the reconnect cap)."""
+        assert self.pub is not None
+        deadline = time.monotonic() + self.settings.reconnect_max_ms / 1000 + 1.0
+        while not self.sub_up and time.monotonic() < deadline and not self._closing:
+            await asyncio.sleep(0.05)
+        channels = [a.request_channel for a in self.adapters.values()]
+        if not channels:
+            return
+        previous = None
+        while time.monotonic() < deadline and not self._closing:
+            current = await self.pub.execute_command("PUBSUB", "NUMSUB", *channels)
+            if current == previous:
+                return
+            previous = current
+            await asyncio.sleep(0.3)
 
     # -- health --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         status = "healthy" if self.pub_up and self.sub_up else "degraded"
         return {
-            "mode": "redis",
+            "mode": "single-node" if self.single_node else "redis",
             "status": status,
             "publisher": "up" if self.pub_up else "down",
             "subscriber": "up" if self.sub_up else "down",
             "outbox": len(self.outbox),
+        }
+
+    async def redis_info(self) -> dict[str, Any]:
+        """A few `INFO` figures for /stats (as the seed's getRedisAdapterStats)."""
+        if self.pub is None or not self.pub_up:
+            return {"available": False}
+        try:
+            info = await asyncio.wait_for(self.pub.info(), 1.0)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            return {"available": False, "error": str(exc)}
+        return {
+            "available": True,
+            "connected_clients": info.get("connected_clients"),
+            "used_memory": info.get("used_memory"),
+            "used_memory_human": info.get("used_memory_human"),
+            "uptime_in_seconds": info.get("uptime_in_seconds"),
+            "redis_version": info.get("redis_version"),
         }
 
 
@@ -645,15 +805,26 @@ class ClusterAdapter(Adapter):
     # -- metrics -------------------------------------------------------------------------------
 
     def collect_metrics(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         s = self.bridge.stats
         yield CounterMetricFamily("sio_gateway_redis_published", "Messages published to Redis", value=s.published)
         yield CounterMetricFamily("sio_gateway_redis_received", "Messages received from Redis", value=s.received)
         yield CounterMetricFamily("sio_gateway_redis_bad_messages", "Malformed or foreign Redis messages dropped", value=s.bad_messages)
         yield CounterMetricFamily("sio_gateway_redis_request_timeouts", "Cluster requests that timed out", value=s.request_timeouts)
-        yield CounterMetricFamily("sio_gateway_redis_reconnects", "Redis reconnections", value=s.reconnects)
+        yield CounterMetricFamily("sio_gateway_redis_reconnects", "Redis links re-established", value=s.reconnects)
+        yield CounterMetricFamily("sio_gateway_redis_reconnect_attempts", "Failed Redis connection attempts", value=s.reconnect_attempts)
+        yield CounterMetricFamily("sio_gateway_redis_watchdog_rebuilds", "Subscribers rebuilt because they stopped receiving", value=s.watchdog_rebuilds)
+        yield CounterMetricFamily("sio_gateway_redis_outbox_dropped", "Cross-node messages dropped (outbox full or too old)", value=s.outbox_dropped)
+        yield CounterMetricFamily("sio_gateway_redis_publish_errors", "Failed publish attempts", value=s.publish_errors)
         yield GaugeMetricFamily("sio_gateway_redis_outbox", "Messages waiting to be published", value=len(self.bridge.outbox))
+        buckets = []
+        running = 0
+        for bound, count in zip(PUBLISH_BUCKETS, s.publish_buckets):
+            running += count
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", running + s.publish_buckets[-1]))
+        yield HistogramMetricFamily("sio_gateway_redis_publish_seconds", "Round trip of one pipelined publish batch", buckets=buckets, sum_value=s.publish_sum)
         link = GaugeMetricFamily("sio_gateway_redis_link_up", "Redis link state (1 up, 0 down)", labels=["link"])
         link.add_metric(["publisher"], 1 if self.bridge.pub_up else 0)
         link.add_metric(["subscriber"], 1 if self.bridge.sub_up else 0)

@@ -110,8 +110,12 @@ def mount_ops(server: "Server") -> None:
         status, body = health(server)
         request.respond(status, orjson.dumps(body), content_type="application/json")
 
-    def stats_handler(request: "Request") -> None:
-        request.respond(200, orjson.dumps(stats(server)), content_type="application/json")
+    async def stats_handler(request: "Request") -> None:
+        body = stats(server)
+        bridge = getattr(server.main.adapter, "bridge", None)
+        if bridge is not None:
+            body["redis"] = await bridge.redis_info()
+        request.respond(200, orjson.dumps(body), content_type="application/json")
 
     def metrics_handler(request: "Request") -> None:
         request.respond(200, generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")
