@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from protocol import cluster as wire
 from protocol import socketio as sio
@@ -43,6 +45,13 @@ class ClusterUnavailable(AdapterError):
     """The Redis link is down; cluster-wide requests fail fast instead of hanging."""
 
 
+# A peer that vanished without closing (host down, partition) is noticed in ~11 s, not hours.
+TCP_KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
+
 PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -57,6 +66,7 @@ class BridgeStats:
     reconnects: int = 0
     reconnect_attempts: int = 0
     watchdog_rebuilds: int = 0
+    stalls: int = 0
     outbox_dropped: int = 0
     publish_errors: int = 0
     last_drop_log: float = 0.0
@@ -130,8 +140,16 @@ class ClusterBridge:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def _client(self) -> aioredis.Redis:
-        return aioredis.from_url(self.url, decode_responses=False, socket_connect_timeout=2.0, health_check_interval=0)
+    def _client(self, socket_timeout: float | None = 5.0) -> aioredis.Redis:
+        return aioredis.from_url(
+            self.url,
+            decode_responses=False,
+            socket_connect_timeout=2.0,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            socket_keepalive_options=TCP_KEEPALIVE,
+            health_check_interval=0,
+        )
 
     async def start(self) -> None:
         """Start the links. Returns quickly even when Redis is down: the node serves its local
@@ -139,7 +157,10 @@ class ClusterBridge:
         if self.started:
             return
         self.started = True
-        self.pub = self._client()
+        # No read timeout on the publisher: a batch that timed out may still be executed by a
+        # Redis that was only frozen, and replaying it would deliver it twice. A frozen Redis
+        # shows in the subscriber's watchdog instead; a dead peer in TCP keepalive.
+        self.pub = self._client(socket_timeout=None)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._subscriber_loop(), name="cluster-subscriber"),
@@ -241,6 +262,8 @@ class ClusterBridge:
                 self._sub_attempts = 0
                 self._probe_seen = time.monotonic()
                 next_probe = time.monotonic() + probe_every
+                acked_sent = acked_at = 0.0  # last probe Redis acknowledged: when sent, when acked
+                stalled_since = 0.0
                 while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(1.0, probe_every))
                     if message is not None:
@@ -249,12 +272,37 @@ class ClusterBridge:
                     if now >= next_probe:
                         next_probe = now + probe_every
                         try:
-                            await client.publish(self.probe_channel, b"watchdog")
+                            receivers = await asyncio.wait_for(client.publish(self.probe_channel, b"watchdog"), probe_every)
+                        except (asyncio.TimeoutError, RedisTimeout):
+                            pass  # Redis does not answer at all: a stall, judged below
                         except (RedisError, OSError) as exc:
                             raise ConnectionError(f"probe publish failed: {exc}") from exc
-                    if now - self._probe_seen > watchdog:
+                        else:
+                            if receivers == 0:
+                                raise ConnectionError("Redis no longer counts our subscriber")
+                            acked_sent, acked_at = now, time.monotonic()
+                        now = time.monotonic()
+                    silent = now - self._probe_seen
+                    if silent <= watchdog:
+                        if stalled_since:
+                            stalled_since = 0.0
+                            self.sub_up = True
+                            log.warning("cluster_link_resumed link=subscriber")
+                        continue
+                    # Redis answered a probe sent after the last one we heard, and that probe has
+                    # had time to arrive: this connection is dead while Redis is not. Rebuild.
+                    lost = acked_sent > self._probe_seen and now - acked_at > min(watchdog, 1.0)
+                    # Redis answers nothing (frozen, overloaded): this connection still holds
+                    # everything Redis will send when it resumes, so keep it, degraded, for as
+                    # long as the outbox window (a rebuild would lose what it holds).
+                    if not stalled_since:
+                        stalled_since = now
+                        self.sub_up = False
+                        self.stats.stalls += 1
+                        log.warning("cluster_link_stalled link=subscriber silent_seconds=%.1f", silent)
+                    if lost or now - stalled_since > max(watchdog, self.settings.outbox_max_age_ms / 1000):
                         self.stats.watchdog_rebuilds += 1
-                        raise ConnectionError(f"subscriber received nothing for {now - self._probe_seen:.1f}s")
+                        raise ConnectionError(f"subscriber received nothing for {silent:.1f}s")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as exc:
@@ -339,14 +387,22 @@ class ClusterBridge:
         """Publish bypassing the outbox (requests whose caller waits for answers)."""
         if not self.pub_up or self.pub is None:
             raise ClusterUnavailable("Redis publisher is down")
-        await self.pub.publish(channel, payload)
+        try:
+            await asyncio.wait_for(self.pub.publish(channel, payload), self.settings.requests_timeout_ms / 1000)
+        except asyncio.TimeoutError as exc:
+            raise ClusterUnavailable("Redis does not answer") from exc
         self.stats.published += 1
 
     async def numsub(self, channel: bytes) -> int:
-        if not self.pub_up or self.pub is None:
-            raise ClusterUnavailable("Redis publisher is down")
+        # Answers come through the subscriber: without it a request could only time out.
+        if not self.pub_up or not self.sub_up or self.pub is None:
+            raise ClusterUnavailable("Redis link is down")
         try:
-            result = await self.pub.execute_command("PUBSUB", "NUMSUB", channel)
+            result = await asyncio.wait_for(
+                self.pub.execute_command("PUBSUB", "NUMSUB", channel), self.settings.requests_timeout_ms / 1000
+            )
+        except asyncio.TimeoutError as exc:
+            raise ClusterUnavailable("Redis does not answer") from exc
         except (RedisError, OSError) as exc:
             raise ClusterUnavailable(f"Redis request failed: {exc}") from exc
         return int(result[1]) if len(result) >= 2 else 0
@@ -490,6 +546,17 @@ class RemoteSocket:
 
     def disconnect(self, close: bool = False) -> None:
         self.adapter.disconnect_sockets(self._only_me(), close)
+
+
+def _is_socket_description(value: Any) -> bool:
+    """What a RemoteSocket can be built from: `{id: str, handshake?: map, rooms?: list, data?}`."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("id"), str)
+        and isinstance(value.get("handshake") or {}, dict)
+        and isinstance(value.get("rooms") or [], list)
+        and all(isinstance(room, (str, int, float)) and not isinstance(room, bool) for room in value.get("rooms") or ())
+    )
 
 
 def _wire_opts(opts: BroadcastOptions, with_flags: bool = False) -> wire.BroadcastOptions:
@@ -791,7 +858,13 @@ class ClusterAdapter(Adapter):
                 entry.on_ack(response.packet)
             return
         if entry.type is T.REMOTE_FETCH:
-            entry.responses.extend(response.sockets or ())
+            sockets = response.sockets or []
+            # Checked before counting: one bad description would otherwise surface much later,
+            # as a TypeError in the caller of fetch_sockets, and lose every good answer with it.
+            for description in sockets:
+                if not _is_socket_description(description):
+                    raise ClusterMessageError(f"fetch response with a malformed socket description: {description!r:.200}")
+            entry.responses.extend(sockets)
         elif entry.type is T.ALL_ROOMS:
             entry.responses.append(response.rooms or [])
         elif entry.type is T.SERVER_SIDE_EMIT:
@@ -815,6 +888,7 @@ class ClusterAdapter(Adapter):
         yield CounterMetricFamily("sio_gateway_redis_reconnects", "Redis links re-established", value=s.reconnects)
         yield CounterMetricFamily("sio_gateway_redis_reconnect_attempts", "Failed Redis connection attempts", value=s.reconnect_attempts)
         yield CounterMetricFamily("sio_gateway_redis_watchdog_rebuilds", "Subscribers rebuilt because they stopped receiving", value=s.watchdog_rebuilds)
+        yield CounterMetricFamily("sio_gateway_redis_stalls", "Times Redis stopped answering while the links stayed open", value=s.stalls)
         yield CounterMetricFamily("sio_gateway_redis_outbox_dropped", "Cross-node messages dropped (outbox full or too old)", value=s.outbox_dropped)
         yield CounterMetricFamily("sio_gateway_redis_publish_errors", "Failed publish attempts", value=s.publish_errors)
         yield GaugeMetricFamily("sio_gateway_redis_outbox", "Messages waiting to be published", value=len(self.bridge.outbox))

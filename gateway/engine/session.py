@@ -294,6 +294,8 @@ class Session:
         frame over WebSocket); a close asked by the client releases a pending poll with a noop."""
         if self.state is not OPEN:
             return
+        if self.ws is None and self.pending_get is not None and self.buffer and not self.upgrading:
+            self._flush()  # as engine.io: what was sent before close() goes out first
         self.state = CLOSING
         self._close_reason = reason
         self._cancel_timers()
