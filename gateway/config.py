@@ -73,6 +73,43 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected true/false, got {raw!r}")
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        for choice in choices:
+            if raw.strip().lower() == choice.lower():
+                return choice
+        raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+
+    return parse
+
+
+def _optional(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _namespaces(raw: str) -> tuple[str, ...]:
+    items = _list(raw)
+    if not items:
+        raise ValueError("at least one namespace is needed")
+    for item in items:
+        if not item.startswith("/") or " " in item:
+            raise ValueError(f"namespaces start with '/', got {item!r}")
+    return items
+
+
+def _client_events(raw: str) -> tuple[str, ...]:
+    items = _list(raw)
+    for item in items:
+        event, _, pattern = item.partition(":")
+        if not event or not pattern:
+            raise ValueError(f"rules are event:room-pattern (e.g. typing:conversation:*), got {item!r}")
+    return items
+
+
 def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -102,6 +139,26 @@ class Settings:
     outbox_max_age_ms: int = setting("OUTBOX_MAX_AGE_MS", 10000, _int(0, 3_600_000), "oldest cross-node message replayed after an outage")
     watchdog_ms: int = setting("REDIS_WATCHDOG_MS", 3000, _int(200, 600_000), "rebuild a subscriber that stops receiving its own probes for this long")
     shutdown_deadline_ms: int = setting("SHUTDOWN_DEADLINE_MS", 10000, _int(100, 600_000), "graceful shutdown deadline on SIGTERM/SIGINT")
+    # -- the standalone gateway (gateway/auth.py, policy.py, api.py, presence.py, limits.py) --
+    auth_mode: str = setting("AUTH_MODE", "jwt", _choice("jwt", "none"), "jwt: clients must send auth {token}; none: anyone may connect and join any room (development only)")
+    jwt_algorithm: str = setting("JWT_ALGORITHM", "HS256", _choice("HS256", "RS256", "ES256"), "algorithm tokens must be signed with (no other is accepted)")
+    jwt_secret: str | None = setting("JWT_SECRET", None, _optional, "shared secret for HS256")
+    jwt_public_key_file: str | None = setting("JWT_PUBLIC_KEY_FILE", None, _optional, "PEM public key file for RS256/ES256")
+    jwt_audience: str | None = setting("JWT_AUDIENCE", None, _optional, "required `aud` claim; unset = not checked")
+    jwt_issuer: str | None = setting("JWT_ISSUER", None, _optional, "required `iss` claim; unset = not checked")
+    jwt_leeway_ms: int = setting("JWT_LEEWAY_MS", 0, _int(0, 3_600_000), "clock skew tolerated on exp/nbf")
+    api_keys: tuple[str, ...] = setting("API_KEYS", (), _list, "comma-separated bearer keys for /api/*; empty = the API refuses every request")
+    api_max_body_bytes: int = setting("API_MAX_BODY_BYTES", 65536, _int(64, 100_000_000), "largest /api request body (MAX_PAYLOAD_BYTES caps it too)")
+    namespaces: tuple[str, ...] = setting("NAMESPACES", ("/",), _namespaces, "comma-separated namespaces clients may connect to")
+    client_events: tuple[str, ...] = setting("CLIENT_EVENTS", ("typing:conversation:*",), _client_events, "event:room-pattern rules: events clients may relay to a matching room they joined")
+    presence_rooms: tuple[str, ...] = setting("PRESENCE_ROOMS", ("company:*", "conversation:*"), _list, "room patterns whose online users are tracked; empty = no presence")
+    presence_timeout_ms: int = setting("PRESENCE_TIMEOUT_MS", 15000, _int(1000, 3_600_000), "a dead node's users leave presence within this time")
+    rate_limit_per_s: int = setting("RATE_LIMIT_EVENTS_PER_S", 20, _int(0, 1_000_000), "events a socket may send per second, sustained (token bucket refill); 0 = no limit")
+    rate_limit_burst: int = setting("RATE_LIMIT_BURST", 40, _int(1, 1_000_000), "events a socket may send at once (token bucket size)")
+    rate_limit_disconnect_after: int = setting("RATE_LIMIT_DISCONNECT_AFTER", 100, _int(0, 1_000_000), "close a connection after this many events dropped within 10 s; 0 = never")
+    max_rooms_per_socket: int = setting("MAX_ROOMS_PER_SOCKET", 100, _int(1, 1_000_000), "rooms a socket may be in (its own id room not counted)")
+    max_connections: int = setting("MAX_CONNECTIONS", 0, _int(0, 10_000_000), "Engine.IO sessions this node accepts; 0 = no limit")
+    allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), _origins, "Origin headers accepted on new connections (WebSocket and polling); empty = any; also the CORS list when CORS_ORIGINS is empty")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -127,6 +184,14 @@ class Settings:
     def validate(self) -> None:
         if self.ping_timeout_ms <= 0 or self.ping_interval_ms <= 0:
             raise ConfigError("PING_INTERVAL_MS and PING_TIMEOUT_MS must be positive")
+        if self.auth_mode == "jwt":
+            if self.jwt_algorithm == "HS256" and not self.jwt_secret:
+                raise ConfigError("JWT_SECRET is required with AUTH_MODE=jwt and JWT_ALGORITHM=HS256 (or set AUTH_MODE=none for development)")
+            if self.jwt_algorithm != "HS256":
+                if not self.jwt_public_key_file:
+                    raise ConfigError(f"JWT_PUBLIC_KEY_FILE is required with JWT_ALGORITHM={self.jwt_algorithm}")
+                if not os.path.isfile(self.jwt_public_key_file) or not os.access(self.jwt_public_key_file, os.R_OK):
+                    raise ConfigError(f"JWT_PUBLIC_KEY_FILE: cannot read {self.jwt_public_key_file!r}")
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

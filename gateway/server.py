@@ -404,6 +404,9 @@ class Socket:
         data = packet.data
         event = data[0]
         args = data[1:]
+        guard = self.nsp.server.event_guard
+        if guard is not None and not guard(self, event, args, packet.id):
+            return
         for fn in self._any:
             _run(fn, event, *args)
         listeners = self._listeners.get(event)
@@ -432,6 +435,10 @@ class Socket:
         if not self.connected:
             return
         if close:
+            # As socket.io: every namespace of the connection gets its DISCONNECT before the
+            # transport closes, so clients see "io server disconnect" and do not reconnect.
+            for socket in list(self.client.sockets.values()):
+                socket.send_packet(sio.disconnect(socket.nsp.name))
             self.client.close("server namespace disconnect")
             return
         self.send_packet(sio.disconnect(self.nsp.name))
@@ -797,6 +804,9 @@ class Server:
         self.debug_packets = self.settings.log_level == "DEBUG"
         self.draining = False
         self.started = False
+        # `guard(socket, event, args, ack_id) -> bool` sees every incoming event first; False
+        # drops it (the guard answers the ack, if any). Rate limits hook in here.
+        self.event_guard: Callable[[Socket, str, list[Any], int | None], bool] | None = None
         self.of("/")
 
     # -- namespaces ----------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class EngineServer:
         self.accepting = True
         self.on_session_closed: Callable[[Session], None] | None = None
         self.on_upgrade: Callable[[Session], None] | None = None
+        # `admission(request) -> refusal reason | None`, asked before a new session opens
+        # (origin checks, connection caps); a refusal is answered 403 Forbidden.
+        self.admission: Callable[[Request], str | None] | None = None
 
     # -- request entry point -------------------------------------------------------------------
 
@@ -82,6 +85,12 @@ class EngineServer:
             if not self.accepting:
                 self.respond_error(request, ErrorCode.FORBIDDEN)
                 return
+            if self.admission is not None:
+                refusal = self.admission(request)
+                if refusal is not None:
+                    log.info("eio_session_refused reason=%s address=%s", refusal, request.remote_address)
+                    self.respond_error(request, ErrorCode.FORBIDDEN)
+                    return
             self._open(request, check.transport)
             return
         session = self.sessions.get(check.sid)

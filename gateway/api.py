@@ -1,0 +1,198 @@
+"""The publish API: how a backend reaches clients on every node, over plain HTTP.
+
+    POST /api/emit          {"namespace"?: "/", "rooms": [..], "except"?: [..], "event": "..", "data"?: ..}
+    POST /api/disconnect    {"namespace"?: "/", "rooms": [..], "close"?: false}
+    GET  /api/rooms/<room>?namespace=/      -> {"room", "namespace", "sockets"}   (cluster-wide)
+    GET  /api/presence/<room>?namespace=/   -> {"room", "namespace", "users", "count"}
+
+Every request carries `Authorization: Bearer <one of API_KEYS>`. Emits go through the namespace's
+adapter (`server.of(nsp).to(rooms).except_(..).emit(..)`), so with Redis every node delivers them,
+exactly as a socket.io server's own broadcast would. Errors are JSON: `{"error": "...", "detail"?}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import orjson
+from redis.exceptions import RedisError
+
+from protocol.socketio import RESERVED_EVENTS
+
+from .adapter.base import AdapterError
+from .policy import PolicyError, room_name
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .http import Request
+    from .presence import Presence
+    from .server import Server
+
+log = logging.getLogger("gateway.api")
+
+JSON = "application/json"
+
+
+class ApiError(Exception):
+    """Answered to the caller as `status` with a JSON error body."""
+
+    def __init__(self, status: int, error: str, detail: str | None = None) -> None:
+        super().__init__(detail or error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+@dataclass
+class ApiStats:
+    emits: int = 0
+    disconnects: int = 0
+    unauthorized: int = 0
+    bad_requests: int = 0
+
+
+def _rooms(value: Any, what: str, required: bool) -> list[str]:
+    if value is None:
+        if required:
+            raise ApiError(400, "bad request", f"{what} is required")
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or (required and not items):
+        raise ApiError(400, "bad request", f"{what} must be a room name or a non-empty list of room names")
+    try:
+        return [room_name(item) for item in items]
+    except PolicyError as exc:
+        raise ApiError(400, "bad request", f"{what}: {exc}") from None
+
+
+class PublishApi:
+    def __init__(self, server: "Server", settings: "Settings", presence: "Presence") -> None:
+        self.server = server
+        self.settings = settings
+        self.presence = presence
+        self.keys = [key.encode() for key in settings.api_keys]
+        self.stats = ApiStats()
+
+    def mount(self) -> None:
+        router = self.server.router
+        router.add("/api/emit", self._endpoint("POST", self.emit))
+        router.add("/api/disconnect", self._endpoint("POST", self.disconnect))
+        router.add("/api/rooms/", self._endpoint("GET", self.room), prefix=True)
+        router.add("/api/presence/", self._endpoint("GET", self.room_presence), prefix=True)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def authorized(self, request: "Request") -> bool:
+        """Constant-time comparison against every key (no early exit on the first match)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented or not self.keys:
+            return False
+        candidate = presented.strip().encode()
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(candidate, key)
+        return matched
+
+    def _endpoint(self, method: str, action: Callable[["Request"], Awaitable[tuple[int, Any]]]) -> Callable[["Request"], Awaitable[None]]:
+        async def handle(request: "Request") -> None:
+            try:
+                if not self.authorized(request):
+                    self.stats.unauthorized += 1
+                    log.info("api_unauthorized path=%s address=%s", request.path, request.remote_address)
+                    raise ApiError(401, "unauthorized")
+                if request.method != method:
+                    raise ApiError(405, "method not allowed", f"use {method}")
+                status, body = await action(request)
+            except ApiError as exc:
+                if exc.status == 400:
+                    self.stats.bad_requests += 1
+                error: dict[str, Any] = {"error": exc.error}
+                if exc.detail:
+                    error["detail"] = exc.detail
+                headers = [("WWW-Authenticate", "Bearer")] if exc.status == 401 else [("Allow", method)] if exc.status == 405 else []
+                request.respond(exc.status, orjson.dumps(error), headers, content_type=JSON)
+                return
+            request.respond(status, orjson.dumps(body), content_type=JSON)
+
+        return handle
+
+    def _json(self, request: "Request") -> dict[str, Any]:
+        if len(request.body) > self.settings.api_max_body_bytes:
+            raise ApiError(413, "payload too large", f"at most {self.settings.api_max_body_bytes} bytes")
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "bad request", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad request", "the body must be a JSON object")
+        return body
+
+    def _namespace(self, name: Any) -> str:
+        if name is None:
+            name = "/"
+        if not isinstance(name, str):
+            raise ApiError(400, "bad request", "namespace must be a string")
+        if not name.startswith("/"):
+            name = "/" + name
+        if name not in self.settings.namespaces or name not in self.server.namespaces:
+            raise ApiError(404, "unknown namespace", name)
+        return name
+
+    def _room_from_path(self, request: "Request", prefix: str) -> str:
+        try:
+            return room_name(request.path[len(prefix):])
+        except PolicyError as exc:
+            raise ApiError(400, "bad request", str(exc)) from None
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def emit(self, request: "Request") -> tuple[int, Any]:
+        body = self._json(request)
+        nsp = self._namespace(body.get("namespace"))
+        rooms = _rooms(body.get("rooms"), "rooms", required=True)
+        except_ = _rooms(body.get("except"), "except", required=False)
+        event = body.get("event")
+        if not isinstance(event, str) or not event:
+            raise ApiError(400, "bad request", "event must be a non-empty string")
+        if event in RESERVED_EVENTS:
+            raise ApiError(400, "bad request", f"{event!r} is a reserved event name")
+        args = [body["data"]] if "data" in body else []
+        self.server.of(nsp).to(rooms).except_(except_).emit(event, *args)
+        self.stats.emits += 1
+        log.debug("api_emit nsp=%s rooms=%s except=%s event=%s", nsp, rooms, except_, event)
+        return 200, {"ok": True}
+
+    async def disconnect(self, request: "Request") -> tuple[int, Any]:
+        body = self._json(request)
+        nsp = self._namespace(body.get("namespace"))
+        rooms = _rooms(body.get("rooms"), "rooms", required=True)
+        close = body.get("close", False)
+        if not isinstance(close, bool):
+            raise ApiError(400, "bad request", "close must be true or false")
+        self.server.of(nsp).in_(rooms).disconnect_sockets(close)
+        self.stats.disconnects += 1
+        log.info("api_disconnect nsp=%s rooms=%s close=%s", nsp, rooms, close)
+        return 200, {"ok": True}
+
+    async def room(self, request: "Request") -> tuple[int, Any]:
+        room = self._room_from_path(request, "/api/rooms/")
+        nsp = self._namespace(request.query.get("namespace"))
+        try:
+            sockets = await self.server.of(nsp).in_(room).fetch_sockets()
+        except AdapterError as exc:
+            log.warning("api_rooms_failed room=%s error=%r", room, exc)
+            raise ApiError(503, "cluster unavailable", str(exc)) from None
+        return 200, {"room": room, "namespace": nsp, "sockets": len(sockets)}
+
+    async def room_presence(self, request: "Request") -> tuple[int, Any]:
+        room = self._room_from_path(request, "/api/presence/")
+        nsp = self._namespace(request.query.get("namespace"))
+        try:
+            users = await self.presence.users(nsp, room)
+        except (RedisError, OSError) as exc:
+            raise ApiError(503, "presence unavailable", str(exc)) from None
+        return 200, {"room": room, "namespace": nsp, "users": users, "count": len(users)}
