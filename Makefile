@@ -28,9 +28,10 @@ $(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
 install: $(STAMP)
 install-test: $(TEST_STAMP) $(NODE_STAMP)
 
-## run: a gateway on 127.0.0.1:3001 (PORT, HOST, REDIS_URL, ... override; see `sio-gateway --help`)
+## run: a gateway on 127.0.0.1:3001 (PORT, HOST, REDIS_URL, ... override; see `sio-gateway --help`).
+## For a first look it runs with AUTH_MODE=none (it says so loudly); set AUTH_MODE=jwt + JWT_SECRET for real use.
 run: $(STAMP)
-	$(VENV)/bin/sio-gateway
+	AUTH_MODE=$${AUTH_MODE:-none} $(VENV)/bin/sio-gateway
 
 ## test: every test (unit, integration, interop, conformance suites)
 test: install-test
@@ -45,3 +46,20 @@ conformance: install-test
 
 clean:
 	rm -rf $(VENV) tests/interop/node_modules .pytest_cache
+
+## bench: the benchmark sweep, ours and the peers side by side (see bench/run.py); writes bench/results/
+BENCH_STAMP      := $(VENV)/.installed-bench
+BENCH_NODE_STAMP := bench/node/node_modules/.package-lock.json
+BENCH_ARGS       ?=
+
+.PHONY: bench
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install -q -e '.[bench]'
+	touch $@
+
+$(BENCH_NODE_STAMP): bench/node/package.json bench/node/package-lock.json
+	npm ci --prefix bench/node --no-audit --no-fund --loglevel=error
+
+bench: $(BENCH_STAMP) $(BENCH_NODE_STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
