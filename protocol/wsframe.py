@@ -33,3 +33,58 @@ def text_frame(payload: bytes) -> bytes:
 
 def binary_frame(payload: bytes) -> bytes:
     return frame(OP_BINARY, payload)
+
+
+# -- incoming fast path ----------------------------------------------------------------------------
+
+try:  # the websockets library's C helper; a pure function, no I/O
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover - the pure-Python fallback below is equivalent
+
+    def _apply_mask(data: bytes, mask: bytes) -> bytes:
+        n = len(data)
+        if n == 0:
+            return b""
+        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+        return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
+
+
+def parse_client_frames(buf: bytes, max_size: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Parse the leading run of *simple* client frames in `buf`.
+
+    A simple frame is complete, final (FIN), masked, without RSV bits, TEXT or BINARY, and no
+    larger than `max_size`: what socket.io clients send all the time. Parsing stops at the first
+    frame that is anything else (control frame, fragment, incomplete, oversized, malformed) and
+    returns `(messages, consumed)`; the caller hands `buf[consumed:]` to the full parser, which
+    handles the rest with every check of RFC 6455. Unmasked payloads are returned as bytes.
+    """
+    messages: list[tuple[int, bytes]] = []
+    pos = 0
+    end = len(buf)
+    while end - pos >= 6:
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        opcode = b0 & 0x0F
+        if b0 & 0xF0 != 0x80 or (opcode != OP_TEXT and opcode != OP_BINARY) or not b1 & 0x80:
+            break
+        length = b1 & 0x7F
+        head = pos + 2
+        if length == 126:
+            if end - pos < 8:
+                break
+            length = (buf[head] << 8) | buf[head + 1]
+            head += 2
+        elif length == 127:
+            if end - pos < 14:
+                break
+            length = int.from_bytes(buf[head : head + 8], "big")
+            head += 8
+        if length > max_size:
+            break
+        start = head + 4
+        stop = start + length
+        if stop > end:
+            break
+        messages.append((opcode, _apply_mask(buf[start:stop], buf[head:start])))
+        pos = stop
+    return messages, pos

@@ -18,6 +18,8 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from protocol.wsframe import OP_TEXT, parse_client_frames
+
 log = logging.getLogger("gateway.websocket")
 
 CLOSE_TIMEOUT = 2.0
@@ -50,6 +52,18 @@ class WebSocketTransport:
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
+        if not protocol.reader.buffer and protocol.current_size is None and protocol.close_rcvd is None and not self.closed:
+            # Fast path: complete, unfragmented data frames (almost all traffic) are parsed here;
+            # whatever is left (control frames, fragments, partial frames) goes to the library.
+            messages, consumed = parse_client_frames(data, self._max_size)
+            if messages:
+                for opcode, payload in messages:
+                    self._deliver(opcode == OP_TEXT, payload)
+                    if self.closed:
+                        return
+                if consumed == len(data):
+                    return
+                data = data[consumed:]
         protocol.receive_data(data)
         events = protocol.events_received()
         self._flush_protocol()
