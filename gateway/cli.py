@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     from .app import build_gateway
     from .runtime import run
 
-    server = build_gateway(settings)
+    try:
+        server = build_gateway(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"sio-gateway: configuration error: {exc}\n")
+        raise SystemExit(2)
     run(server.start, server.close, settings.shutdown_deadline_ms / 1000)
 
 
