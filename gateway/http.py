@@ -356,6 +356,7 @@ class HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(response_head)
         self._current = None
+        self.parser = None  # type: ignore[assignment]  # the HTTP parser is done with this connection
         self._upgraded = handler_factory(self.transport)
         if rest:
             self._upgraded.data_received(rest)

@@ -17,7 +17,7 @@ from protocol.engineio import ErrorCode, Handshake, RequestRejected
 from ..http import Request
 from .outbound import Outbound
 from .session import Receiver, Session
-from .websocket import WebSocketTransport, handshake
+from .websocket import WebSocketTransport, WriteBatcher, handshake
 
 log = logging.getLogger("gateway.engine")
 
@@ -61,6 +61,7 @@ class EngineServer:
         self.cors_origins = cors_origins
         self.allow_upgrades = allow_upgrades
         self.sessions: dict[str, Session] = {}
+        self.batcher = WriteBatcher()
         self.stats = EngineStats()
         self.accepting = True
         self.on_session_closed: Callable[[Session], None] | None = None
@@ -143,7 +144,7 @@ class EngineServer:
     def _accept_websocket(self, request: Request, attach: Callable[[WebSocketTransport], None]) -> bool:
         """Complete the WebSocket handshake and hand the connection to `attach`; False (and an
         HTTP error already written) when the library refuses the handshake."""
-        protocol, status, response = handshake(request.raw_path, request.headers, self.max_payload)
+        status, response = handshake(request.raw_path, request.headers)
         if status != 101:
             log.info("ws_handshake_refused status=%d path=%s", status, request.path)
             request.answered = True
@@ -151,7 +152,7 @@ class EngineServer:
             return False
 
         def factory(transport):  # type: ignore[no-untyped-def]
-            ws = WebSocketTransport(transport, protocol, self.max_payload)
+            ws = WebSocketTransport(transport, self.max_payload, self.batcher)
             attach(ws)
             return ws
 

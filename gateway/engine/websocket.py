@@ -31,16 +31,63 @@ class WebSocketListener(Protocol):
     def ws_closed(self, ws: "WebSocketTransport", reason: str) -> None: ...
 
 
+class WriteBatcher:
+    """Coalesces what is written to each connection during one event-loop tick into one write.
+
+    A burst of broadcasts (several messages arriving in one read) would otherwise cost one
+    `send()` system call per message per recipient; with batching it costs one per recipient.
+    The flush runs at the end of the current tick, so latency does not change.
+    """
+
+    __slots__ = ("dirty", "scheduled")
+
+    def __init__(self) -> None:
+        self.dirty: list[WebSocketTransport] = []
+        self.scheduled = False
+
+    def add(self, ws: "WebSocketTransport") -> None:
+        self.dirty.append(ws)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for ws in dirty:
+            ws.flush()
+
+
 class WebSocketTransport:
-    """One accepted WebSocket connection. Implements the `Upgraded` protocol of `gateway.http`."""
+    """One accepted WebSocket connection. Implements the `Upgraded` protocol of `gateway.http`.
 
-    __slots__ = ("transport", "protocol", "listener", "closed", "_fragments", "_fragment_text", "_fragment_size", "_max_size", "_close_timer", "_reason")
+    The library's protocol object is created only when a frame needs it (control frames,
+    fragments, a frame split across reads, closing): most connections never do, which keeps the
+    memory of an idle connection small.
+    """
 
-    def __init__(self, transport: asyncio.Transport, protocol: ServerProtocol, max_size: int) -> None:
+    __slots__ = (
+        "transport",
+        "protocol",
+        "listener",
+        "closed",
+        "batcher",
+        "_pending",
+        "_fragments",
+        "_fragment_text",
+        "_fragment_size",
+        "_max_size",
+        "_close_timer",
+        "_reason",
+    )
+
+    def __init__(self, transport: asyncio.Transport, max_size: int, batcher: WriteBatcher) -> None:
         self.transport = transport
-        self.protocol = protocol
+        self.protocol: ServerProtocol | None = None
         self.listener: WebSocketListener | None = None
         self.closed = False
+        self.batcher = batcher
+        self._pending: list[bytes] | None = None
         self._fragments: list[bytes] | None = None
         self._fragment_text = False
         self._fragment_size = 0
@@ -48,11 +95,17 @@ class WebSocketTransport:
         self._close_timer: asyncio.TimerHandle | None = None
         self._reason = "transport close"
 
+    def _library(self) -> ServerProtocol:
+        protocol = self.protocol
+        if protocol is None:
+            protocol = self.protocol = ServerProtocol(state=State.OPEN, max_size=self._max_size, extensions=None)
+        return protocol
+
     # -- incoming ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
-        if not protocol.reader.buffer and protocol.current_size is None and protocol.close_rcvd is None and not self.closed:
+        if (protocol is None or (not protocol.reader.buffer and protocol.current_size is None and protocol.close_rcvd is None)) and not self.closed:
             # Fast path: complete, unfragmented data frames (almost all traffic) are parsed here;
             # whatever is left (control frames, fragments, partial frames) goes to the library.
             messages, consumed = parse_client_frames(data, self._max_size)
@@ -64,6 +117,7 @@ class WebSocketTransport:
                 if consumed == len(data):
                     return
                 data = data[consumed:]
+        protocol = self._library()
         protocol.receive_data(data)
         events = protocol.events_received()
         self._flush_protocol()
@@ -111,7 +165,7 @@ class WebSocketTransport:
             listener.ws_message(self, bytes(data))
 
     def eof_received(self) -> None:
-        self.protocol.receive_eof()
+        self._library().receive_eof()
         self._flush_protocol()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -127,8 +181,27 @@ class WebSocketTransport:
     # -- outgoing ------------------------------------------------------------------------------
 
     def write(self, frames: bytes) -> None:
-        if not self.closed:
-            self.transport.write(frames)
+        """Queue frames for the end of this tick (see WriteBatcher)."""
+        if self.closed:
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [frames]
+            self.batcher.add(self)
+        else:
+            pending.append(frames)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if self.transport.is_closing():
+            return
+        if len(pending) == 1:
+            self.transport.write(pending[0])
+        else:
+            self.transport.writelines(pending)
 
     @property
     def writable(self) -> bool:
@@ -139,9 +212,11 @@ class WebSocketTransport:
         a short timeout."""
         if self.closed:
             return
+        self.flush()  # what was sent before close() goes out before the close frame
         self.closed = True
-        if self.protocol.state is State.OPEN:
-            self.protocol.send_close(code, reason)
+        protocol = self._library()
+        if protocol.state is State.OPEN:
+            protocol.send_close(code, reason)
             self._flush_protocol()
         if not self.transport.is_closing():
             self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
@@ -151,7 +226,8 @@ class WebSocketTransport:
         self.transport.close()
 
     def _flush_protocol(self) -> None:
-        for chunk in self.protocol.data_to_send():
+        self.flush()  # keep our queued frames ahead of the library's (close, pong)
+        for chunk in self._library().data_to_send():
             if chunk:
                 self.transport.write(chunk)
             else:
@@ -160,13 +236,13 @@ class WebSocketTransport:
                 self.transport.close()
 
 
-def handshake(path: str, headers: dict[str, str], max_size: int) -> tuple[ServerProtocol, int, bytes]:
+def handshake(path: str, headers: dict[str, str]) -> tuple[int, bytes]:
     """Validate a WebSocket upgrade request with the library and build its response.
 
-    Returns the protocol (ready for frames), the HTTP status and the response bytes. A status
-    other than 101 means the upgrade was refused and the response explains why.
+    Returns the HTTP status and the response bytes. A status other than 101 means the upgrade
+    was refused and the response explains why.
     """
-    protocol = ServerProtocol(state=State.OPEN, max_size=max_size, extensions=None)
+    protocol = ServerProtocol(extensions=None)
     request = WsRequest(path, Headers(list(headers.items())))
     response = protocol.accept(request)
-    return protocol, response.status_code, response.serialize()
+    return response.status_code, response.serialize()
