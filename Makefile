@@ -63,3 +63,14 @@ $(BENCH_NODE_STAMP): bench/node/package.json bench/node/package-lock.json
 
 bench: $(BENCH_STAMP) $(BENCH_NODE_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+## cluster: on this machine, a redis-server, NODES gateway nodes (ports PORT, PORT+1, ...) and nginx
+## in front on PROXY_PORT (the top-level nginx.conf rendered for those ports); prints the URL;
+## Ctrl-C stops everything it started. AUTH_MODE=none unless set, as for `make run`.
+NODES      ?= 3
+PROXY_PORT ?= 8080
+
+.PHONY: cluster
+
+cluster: $(STAMP)
+	AUTH_MODE=$${AUTH_MODE:-none} $(VENV)/bin/sio-gateway cluster --nodes $(NODES) --proxy-port $(PROXY_PORT)

@@ -48,9 +48,14 @@ GRANTS_KEY = "_grants"  # socket.data slot between the auth middleware and the c
 
 
 def build_server(settings: Settings, server_class: type[Server] = Server) -> Server:
-    """A Server with the in-memory adapter, or the Redis cluster adapter when REDIS_URL is set."""
+    """A Server with the in-memory adapter, the Redis cluster adapter when REDIS_URL is set, or
+    the sharded Redis Cluster adapter with REDIS_MODE=sharded."""
     adapter_factory = None
-    if settings.redis_url:
+    if settings.redis_mode == "sharded":
+        from .adapter.sharded import sharded_adapter_factory
+
+        adapter_factory = sharded_adapter_factory(settings)
+    elif settings.redis_url:
         from .adapter.cluster import cluster_adapter_factory
 
         adapter_factory = cluster_adapter_factory(settings)
@@ -320,7 +325,7 @@ def build_gateway(settings: Settings) -> GatewayServer:
     server.stats = GatewayStats()
     app = Standalone(server, settings)
     if settings.redis_url:
-        server.presence = RedisPresence(app.announce, settings.redis_url, settings.redis_prefix, settings.presence_timeout_ms)
+        server.presence = RedisPresence(app.announce, settings.redis_url, settings.redis_prefix, settings.presence_timeout_ms, settings=settings)
     else:
         server.presence = Presence(app.announce)
 

@@ -7,6 +7,7 @@ environment. A bad value stops the process with a message that names the variabl
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -59,9 +60,24 @@ def _redis_url(raw: str) -> str | None:
     raw = raw.strip()
     if not raw:
         return None
+    if raw.startswith("redis+sentinel://"):
+        from .adapter.connection import parse_sentinel_url  # late: that module imports this one
+
+        parse_sentinel_url(raw)  # raises ValueError naming what is wrong
+        return raw
     if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"must start with redis://, rediss:// or unix://, got {raw!r}")
+        raise ValueError(f"must start with redis://, rediss://, unix:// or redis+sentinel://, got {raw!r}")
     return raw
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    items = _list(raw)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks (10.0.0.0/8), got {item!r}") from None
+    return items
 
 
 def _bool(raw: str) -> bool:
@@ -159,6 +175,18 @@ class Settings:
     max_rooms_per_socket: int = setting("MAX_ROOMS_PER_SOCKET", 100, _int(1, 1_000_000), "rooms a socket may be in (its own id room not counted)")
     max_connections: int = setting("MAX_CONNECTIONS", 0, _int(0, 10_000_000), "Engine.IO sessions this node accepts; 0 = no limit")
     allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), _origins, "Origin headers accepted on new connections (WebSocket and polling); empty = any; also the CORS list when CORS_ORIGINS is empty")
+    # -- Redis Cluster with sharded pub/sub (gateway/adapter/sharded.py) --
+    redis_mode: str = setting("REDIS_MODE", "classic", _choice("classic", "sharded"), "classic: PUBLISH/SUBSCRIBE (createAdapter); sharded: Redis Cluster SPUBLISH/SSUBSCRIBE (createShardedAdapter)")
+    redis_cluster_nodes: tuple[str, ...] = setting("REDIS_CLUSTER_NODES", (), _list, "comma-separated host:port seeds of the Redis Cluster (REDIS_MODE=sharded); empty = the host:port of REDIS_URL")
+    redis_subscription_mode: str = setting("REDIS_SUBSCRIPTION_MODE", "dynamic", _choice("dynamic", "static", "dynamic-private"), "sharded subscriptionMode: dynamic = one channel per public room while this node has members in it")
+    # -- deployment (gateway/proxies.py, gateway/adapter/connection.py, gateway/topology.py) --
+    trusted_proxies: tuple[str, ...] = setting(
+        "TRUSTED_PROXIES", (), _networks, "comma-separated proxy addresses/networks whose X-Forwarded-For is believed (e.g. 127.0.0.1 for a local nginx); empty = the peer address is the client"
+    )
+    redis_tls_ca_file: str | None = setting("REDIS_TLS_CA_FILE", None, _optional, "PEM CA bundle that signs the Redis server certificate (rediss://); unset = the system CAs")
+    redis_tls_cert_file: str | None = setting("REDIS_TLS_CERT_FILE", None, _optional, "PEM client certificate for Redis (with REDIS_TLS_KEY_FILE), when Redis requires one")
+    redis_tls_key_file: str | None = setting("REDIS_TLS_KEY_FILE", None, _optional, "PEM private key of REDIS_TLS_CERT_FILE")
+    redis_tls_insecure: bool = setting("REDIS_TLS_INSECURE", False, _bool, "true = do not verify the Redis server certificate (development only; logged loudly)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -192,6 +220,13 @@ class Settings:
                     raise ConfigError(f"JWT_PUBLIC_KEY_FILE is required with JWT_ALGORITHM={self.jwt_algorithm}")
                 if not os.path.isfile(self.jwt_public_key_file) or not os.access(self.jwt_public_key_file, os.R_OK):
                     raise ConfigError(f"JWT_PUBLIC_KEY_FILE: cannot read {self.jwt_public_key_file!r}")
+        if self.redis_mode == "sharded":
+            if not self.redis_cluster_nodes and not self.redis_url:
+                raise ConfigError("REDIS_MODE=sharded needs REDIS_CLUSTER_NODES (host:port,...) or REDIS_URL")
+            for node in self.redis_cluster_nodes:
+                host, sep, port = node.rpartition(":")
+                if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ConfigError(f"REDIS_CLUSTER_NODES: expected host:port, got {node!r}")
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -20,6 +20,7 @@ Without Redis the same bookkeeping runs in memory (a single node cannot outlive 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -28,6 +29,9 @@ from typing import Any, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from .adapter.connection import redis_client
+from .config import Settings
 
 log = logging.getLogger("gateway.presence")
 
@@ -142,9 +146,13 @@ class Presence:
 class RedisPresence(Presence):
     """Cluster-wide presence kept in Redis with per-node heartbeats."""
 
-    def __init__(self, notify: Notify, redis_url: str, prefix: str, timeout_ms: int, node_id: str | None = None) -> None:
+    def __init__(
+        self, notify: Notify, redis_url: str, prefix: str, timeout_ms: int, node_id: str | None = None, settings: Settings | None = None
+    ) -> None:
         super().__init__(notify)
         self.redis_url = redis_url
+        # The connection settings (TLS, Sentinel) of the node; a bare URL connects without TLS files.
+        self.settings = dataclasses.replace(settings, redis_url=redis_url) if settings is not None else Settings(redis_url=redis_url)
         self.node = node_id or secrets.token_hex(8)
         self.base = f"{prefix}#presence"
         self.nodes_key = f"{self.base}#nodes"
@@ -168,7 +176,7 @@ class RedisPresence(Presence):
         return json.dumps(list(key), separators=(",", ":"), ensure_ascii=False)
 
     async def start(self) -> None:
-        self.redis = aioredis.from_url(self.redis_url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self.redis = redis_client(self.settings, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0)
         self._join = self.redis.register_script(_JOIN)
         self._leave = self.redis.register_script(_LEAVE)
         self._reap = self.redis.register_script(_REAP)

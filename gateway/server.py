@@ -23,6 +23,7 @@ Handlers may be plain functions (run inline, the fast path) or coroutines (run a
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
@@ -40,6 +41,7 @@ from .engine.outbound import Outbound
 from .engine.server import EngineServer, generate_id
 from .engine.session import Session
 from .http import HttpServer, Request, Router
+from .proxies import TrustedProxies
 
 log = logging.getLogger("gateway.server")
 
@@ -249,7 +251,9 @@ class Socket:
         "nsp",
         "client",
         "session",
-        "handshake",
+        "_handshake",
+        "_auth",
+        "_issued",
         "data",
         "connected",
         "_listeners",
@@ -263,7 +267,11 @@ class Socket:
         self.nsp = nsp
         self.client = client
         self.session: Session = client.session
-        self.handshake = client.handshake(auth)
+        # The handshake dict (headers, query, ...) is built when first read: most sockets never
+        # need it, and copying it for every connection costs memory.
+        self._handshake: dict[str, Any] | None = None
+        self._auth = auth
+        self._issued = time.time()
         self.data: dict[str, Any] = {}
         self.connected = False
         self._listeners: dict[str, list[_Listener]] = {}
@@ -272,6 +280,15 @@ class Socket:
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} nsp={self.nsp.name}>"
+
+    @property
+    def handshake(self) -> dict[str, Any]:
+        """As socket.io's `socket.handshake`: headers, time, address, xdomain, secure, issued,
+        url, query, auth."""
+        handshake = self._handshake
+        if handshake is None:
+            handshake = self._handshake = self.client.handshake(self._auth, self._issued)
+        return handshake
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -693,15 +710,15 @@ class Client:
             log.info("sio_connect_timeout sid=%s", self.session.sid)
             self.close("connect timeout")
 
-    def handshake(self, auth: dict[str, Any]) -> dict[str, Any]:
+    def handshake(self, auth: dict[str, Any], issued: float) -> dict[str, Any]:
         request = self.session.request
         return {
             "headers": dict(request.headers),
-            "time": time.strftime("%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)", time.gmtime()),
+            "time": time.strftime("%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)", time.gmtime(issued)),
             "address": self.server.client_address(request),
             "xdomain": "origin" in request.headers,
             "secure": False,
-            "issued": int(time.time() * 1000),
+            "issued": int(issued * 1000),
             "url": request.raw_path,
             "query": dict(request.query),
             "auth": auth,
@@ -898,8 +915,13 @@ class Server:
     async def server_side_emit(self, event: str, *args: Any, ack: bool = False, timeout: float | None = None) -> list[Any]:
         return await self.main.server_side_emit(event, *args, ack=ack, timeout=timeout)
 
+    @functools.cached_property
+    def trusted_proxies(self) -> TrustedProxies:
+        return TrustedProxies(self.settings.trusted_proxies)
+
     def client_address(self, request: Request) -> str:
-        return request.remote_address
+        """The handshake's `address`: the peer, or the client a TRUSTED_PROXIES proxy forwarded."""
+        return self.trusted_proxies.client_address(request.remote_address, request.headers.get("x-forwarded-for"))
 
     # -- serving -------------------------------------------------------------------------------
 

@@ -143,7 +143,8 @@ def build(settings: Settings) -> Server:
 def install_resilience_probes(server: Server) -> None:
     """Events on `/` for the failure tests (tests/integration/test_resilience.py):
 
-    - `node-info` (ack): `{"port", "pid"}` of the process the socket landed on (behind nginx);
+    - `node-info` (ack): `{"port", "pid"}` of the process the socket landed on (behind nginx), and
+      the handshake `address` it saw (X-Forwarded-For believed only from TRUSTED_PROXIES);
     - `cluster-fetch` (ack): `nsp.fetch_sockets()` across the cluster: `{"ok": True, "ids"}`, or
       `{"ok": False, "error": <error class name>, "ids": <ids of the answers that did arrive>}`;
     - `cluster-ping` (arg, ack): `server_side_emit("ping-servers", arg, ack=True)`: `{"ok": True,
@@ -156,7 +157,7 @@ def install_resilience_probes(server: Server) -> None:
         @socket.on("node-info")
         def node_info(ack: Callable[..., None] | None = None) -> None:
             if ack is not None:
-                ack({"port": server.port, "pid": os.getpid()})
+                ack({"port": server.port, "pid": os.getpid(), "address": socket.handshake["address"]})
 
         @socket.on("cluster-fetch")
         async def cluster_fetch(ack: Callable[..., None] | None = None) -> None:
