@@ -1,0 +1,62 @@
+"""Our bench app on the public gateway API.
+
+    .venv/bin/python -m bench.app --port P [--redis redis://127.0.0.1:R]
+
+The contract shared with every peer under test: a client emits `join` with a room name -> its
+socket joins that room; a client emits `publish` with `{room, t, seq, pad}` -> the server emits
+`message` with the same object to every socket in that room. Handlers are plain functions, so they
+run inline on the event loop (the gateway's fast path), as a user who cares about speed would
+write them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gateway.config import Settings
+from gateway.ops.logs import setup_logging
+from gateway.runtime import run
+from gateway.server import Server, Socket
+
+
+def build(settings: Settings) -> Server:
+    adapter_factory = None
+    if settings.redis_url:
+        from gateway.adapter.cluster import cluster_adapter_factory
+
+        adapter_factory = cluster_adapter_factory(settings)
+    server = Server(settings, adapter_factory=adapter_factory)
+
+    @server.on("connection")
+    def connected(socket: Socket) -> None:
+        @socket.on("join")
+        def join(room: Any = None) -> None:
+            if isinstance(room, (str, int)):
+                socket.join(room)
+
+        @socket.on("publish")
+        def publish(msg: Any = None) -> None:
+            if isinstance(msg, dict) and "room" in msg:
+                server.to(msg["room"]).emit("message", msg)
+
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--redis", default=None, help="Redis URL: join the cluster through @socket.io/redis-adapter's channels")
+    args = parser.parse_args()
+    # Built from defaults, not the environment, so a stray variable cannot skew a run; logging
+    # stays at WARNING so the numbers measure the gateway and not the log sink. The standalone
+    # gateway's own policy (auth, rate limits) lives in gateway.app and is not part of the contract.
+    settings = Settings(host=args.host, port=args.port, redis_url=args.redis, log_level="WARNING")
+    setup_logging(settings.log_level)
+    server = build(settings)
+    run(server.start, server.close)
+
+
+if __name__ == "__main__":
+    main()

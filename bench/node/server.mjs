@@ -1,0 +1,49 @@
+// The bench contract on Node.js socket.io 4.8 (+ @socket.io/redis-adapter 8.3 with --redis):
+// `join` (room) -> the socket joins it; `publish` ({room, t, seq, pad}) -> `message` with the same
+// object to every socket in that room. Started by bench/run.py as
+//   node bench/node/server.mjs --port P [--redis redis://127.0.0.1:R]
+import { createServer } from "node:http";
+import { parseArgs } from "node:util";
+import { Server } from "socket.io";
+import { createAdapter } from "@socket.io/redis-adapter";
+import { createClient } from "redis";
+
+const { values } = parseArgs({
+  options: {
+    port: { type: "string" },
+    host: { type: "string", default: "127.0.0.1" },
+    redis: { type: "string" },
+  },
+});
+
+const httpServer = createServer();
+const options = { serveClient: false, maxHttpBufferSize: 1e6 };
+
+if (values.redis) {
+  const pub = createClient({ url: values.redis });
+  const sub = pub.duplicate();
+  await Promise.all([pub.connect(), sub.connect()]);
+  options.adapter = createAdapter(pub, sub);
+}
+
+const io = new Server(httpServer, options);
+
+io.on("connection", (socket) => {
+  socket.on("join", (room) => {
+    socket.join(room);
+  });
+  socket.on("publish", (msg) => {
+    io.to(msg.room).emit("message", msg);
+  });
+});
+
+httpServer.listen(Number(values.port), values.host, () => {
+  console.log(`listening ${values.host}:${values.port}`);
+});
+
+const stop = () => {
+  io.close();
+  process.exit(0);
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
