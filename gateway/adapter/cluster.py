@@ -32,6 +32,7 @@ from protocol.socketio import PacketType
 
 from ..config import Settings
 from .base import Adapter, AdapterError, AdapterTimeout, BroadcastOptions
+from .connection import redis_client
 
 if TYPE_CHECKING:
     from ..server import Namespace, Server
@@ -120,6 +121,9 @@ class ClusterBridge:
         self._probe_waiter: asyncio.Future[None] | None = None
         self._sub_attempts = 0
         self._pub_attempts = 0
+        # Subscribers of our request channels (one per node) as last seen while the links were
+        # up: after an outage the outbox waits for as many before it is replayed.
+        self._peer_counts: dict[bytes, int] = {}
 
     # -- registration --------------------------------------------------------------------------
 
@@ -141,8 +145,8 @@ class ClusterBridge:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _client(self, socket_timeout: float | None = 5.0) -> aioredis.Redis:
-        return aioredis.from_url(
-            self.url,
+        return redis_client(
+            self.settings,
             decode_responses=False,
             socket_connect_timeout=2.0,
             socket_timeout=socket_timeout,
@@ -248,6 +252,7 @@ class ClusterBridge:
     async def _subscriber_loop(self) -> None:
         watchdog = self.settings.watchdog_ms / 1000
         probe_every = max(0.1, watchdog / 3)
+        settle_time = self.settings.reconnect_max_ms / 1000 + 1.0
         while not self._closing:
             client = self._client()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -259,8 +264,9 @@ class ClusterBridge:
                 self._pubsub = pubsub
                 self.sub_up = True
                 self._link_restored("subscriber", self._sub_attempts)
+                recovering = self._sub_attempts > 0
                 self._sub_attempts = 0
-                self._probe_seen = time.monotonic()
+                self._probe_seen = up_since = time.monotonic()
                 next_probe = time.monotonic() + probe_every
                 acked_sent = acked_at = 0.0  # last probe Redis acknowledged: when sent, when acked
                 stalled_since = 0.0
@@ -272,7 +278,10 @@ class ClusterBridge:
                     if now >= next_probe:
                         next_probe = now + probe_every
                         try:
-                            receivers = await asyncio.wait_for(client.publish(self.probe_channel, b"watchdog"), probe_every)
+                            # After an outage, peers are counted only once they have had a reconnect
+                            # cap to come back (the count from before is what a replay waits for).
+                            settled = self.pub_up and not self._pub_attempts and (not recovering or now - up_since > settle_time)
+                            receivers = await asyncio.wait_for(self._probe(client, settled), probe_every)
                         except (asyncio.TimeoutError, RedisTimeout):
                             pass  # Redis does not answer at all: a stall, judged below
                         except (RedisError, OSError) as exc:
@@ -319,6 +328,15 @@ class ClusterBridge:
                     await client.aclose()
                 except Exception:
                     pass
+
+    async def _probe(self, client: aioredis.Redis, count_peers: bool) -> int:
+        """Publish a watchdog probe; also note how many nodes listen on our request channels."""
+        receivers = await client.publish(self.probe_channel, b"watchdog")
+        channels = [a.request_channel for a in self.adapters.values()]
+        if channels and count_peers:
+            reply = await client.execute_command("PUBSUB", "NUMSUB", *channels)
+            self._peer_counts = {bytes(reply[i]): int(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+        return int(receivers)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         self.stats.received += 1
@@ -454,8 +472,9 @@ class ClusterBridge:
 
     async def _settle_before_replay(self) -> None:
         """After an outage, give the other nodes' subscribers a moment to come back before the
-        outbox is replayed: wait for our own subscriber, then until the subscriber count of our
-        request channels stops changing (bounded by the reconnect cap)."""
+        outbox is replayed: wait for our own subscriber, then until our request channels have as
+        many subscribers as before the outage (or, with no count from before, until the count
+        stops changing), bounded by the reconnect cap: every node retries within one cap."""
         assert self.pub is not None
         deadline = time.monotonic() + self.settings.reconnect_max_ms / 1000 + 1.0
         while not self.sub_up and time.monotonic() < deadline and not self._closing:
@@ -463,13 +482,18 @@ class ClusterBridge:
         channels = [a.request_channel for a in self.adapters.values()]
         if not channels:
             return
+        expected = dict(self._peer_counts)
         previous = None
         while time.monotonic() < deadline and not self._closing:
             current = await self.pub.execute_command("PUBSUB", "NUMSUB", *channels)
-            if current == previous:
+            counts = {bytes(current[i]): int(current[i + 1]) for i in range(0, len(current) - 1, 2)}
+            if expected:
+                if all(counts.get(channel, 0) >= expected.get(channel, 1) for channel in channels):
+                    return
+            elif current == previous:
                 return
             previous = current
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1 if expected else 0.3)
 
     # -- health --------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from protocol.socketio import PacketType
 
 from ..config import Settings
 from .base import Adapter, BroadcastOptions
+from .connection import tls_options
 from .cluster import (
     TCP_KEEPALIVE,
     BridgeStats,
@@ -278,6 +279,7 @@ class ShardedBridge:
             socket_keepalive_options=TCP_KEEPALIVE,
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),
+            **tls_options(self.settings),  # rediss:// + REDIS_TLS_* apply to every cluster node
         )
 
     def _publisher(self, address: Address) -> aioredis.Redis:
