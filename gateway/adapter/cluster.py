@@ -153,6 +153,7 @@ class ClusterBridge:
             socket_keepalive=True,
             socket_keepalive_options=TCP_KEEPALIVE,
             health_check_interval=0,
+            retries=False,  # our supervisor owns reconnecting; a silent retry could publish twice
         )
 
     async def start(self) -> None:

@@ -186,6 +186,7 @@ def redis_client(
     socket_keepalive: bool = False,
     socket_keepalive_options: Mapping[int, int | bytes] | None = None,
     health_check_interval: int = 0,
+    retries: bool = True,
 ) -> aioredis.Redis:
     """A client for REDIS_URL (one server, TLS, or the Sentinel-named master). Connects lazily:
     nothing here touches the network, so a Redis that is down shows in the first command."""
@@ -203,6 +204,10 @@ def redis_client(
     }
     if socket_keepalive_options:
         options["socket_keepalive_options"] = dict(socket_keepalive_options)
+    if not retries:
+        # For callers with their own reconnect loop: redis-py's silent retries would delay the
+        # loop's view of a failure and could send a publish batch twice.
+        options["retry"] = Retry(NoBackoff(), 0)
     if not url.startswith(SENTINEL_SCHEME):
         return aioredis.from_url(url, **options, **tls)
     try:
