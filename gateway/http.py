@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import httptools

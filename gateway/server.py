@@ -35,7 +35,7 @@ from protocol import socketio as sio
 from protocol.errors import ProtocolError
 from protocol.socketio import PacketType
 
-from .adapter.base import Adapter, AdapterStats, AdapterTimeout, BroadcastOptions
+from .adapter.base import Adapter, AdapterStats, BroadcastOptions
 from .config import Settings
 from .engine.outbound import Outbound
 from .engine.server import EngineServer, generate_id
@@ -637,7 +637,7 @@ class Namespace:
             except ConnectionRefused as exc:
                 socket.client.refuse(self.name, exc.message, exc.data)
                 return
-            except Exception as exc:
+            except Exception:
                 log.exception("middleware_failed nsp=%s", self.name)
                 socket.client.refuse(self.name, "server error", None)
                 return

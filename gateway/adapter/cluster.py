@@ -86,7 +86,72 @@ class BridgeStats:
         self.publish_buckets[-1] += 1
 
 
-class ClusterBridge:
+class SupervisedLinks:
+    """Supervision and outbox rules shared by the classic and the sharded bridges: reconnect
+    backoff with jitter, the attempt limit that switches a node to single-node mode, and the
+    bounded ordered outbox. Subclasses own the connections; they provide `settings`, `stats`,
+    `outbox`, `pub_up`, `sub_up`, `single_node` and `_outbox_event`."""
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential from the initial delay to the cap, with jitter in [50 %, 100 %]."""
+        initial = self.settings.reconnect_initial_ms / 1000
+        cap = self.settings.reconnect_max_ms / 1000
+        base = min(initial * (2 ** max(0, attempt - 1)), cap)
+        return base * (0.5 + random.random() / 2)
+
+    def _failed_attempt(self, link: str, attempt: int, exc: BaseException) -> None:
+        self.stats.reconnect_attempts += 1
+        log.warning("cluster_link_down link=%s attempt=%d error=%r", link, attempt, str(exc))
+        if attempt == self.settings.reconnect_attempts and not self.single_node:
+            self.single_node = True
+            log.error(
+                "cluster_unreachable link=%s attempts=%d mode=single-node note=%r",
+                link,
+                attempt,
+                "serving local clients only; cross-node messages are queued up to the outbox limits; still retrying",
+            )
+
+    def _link_restored(self, link: str, attempts: int) -> None:
+        if attempts:
+            self.stats.reconnects += 1
+            log.info("cluster_link_up link=%s after_attempts=%d", link, attempts)
+        if self.single_node and self.pub_up and self.sub_up:
+            self.single_node = False
+            log.warning("cluster_rejoined mode=redis")
+
+    def publish(self, channel: str | bytes, payload: bytes) -> None:
+        """Queue a message; the writer task sends queued messages in order, pipelined. While Redis
+        is unreachable the outbox keeps at most OUTBOX_MAX_MESSAGES (oldest dropped first)."""
+        if isinstance(channel, str):
+            channel = channel.encode()
+        outbox = self.outbox
+        if not self.pub_up and len(outbox) >= self.settings.outbox_max_messages:
+            outbox.popleft()
+            self._dropped(1, "outbox full")
+        outbox.append((channel, payload, time.monotonic()))
+        self._outbox_event.set()
+
+    def _dropped(self, count: int, why: str) -> None:
+        self.stats.outbox_dropped += count
+        # One line per reason and second at most: an outage must not flood the log.
+        now = time.monotonic()
+        if now - self.stats.last_drop_log > 1.0:
+            self.stats.last_drop_log = now
+            log.warning("cluster_outbox_dropped reason=%r total=%d", why, self.stats.outbox_dropped)
+
+    def _expire_outbox(self) -> None:
+        max_age = self.settings.outbox_max_age_ms / 1000
+        limit = time.monotonic() - max_age
+        outbox = self.outbox
+        expired = 0
+        while outbox and outbox[0][2] < limit:
+            outbox.popleft()
+            expired += 1
+        if expired:
+            self._dropped(expired, "older than OUTBOX_MAX_AGE_MS")
+
+
+class ClusterBridge(SupervisedLinks):
     """One node's Redis links, shared by all its namespaces.
 
     Supervision: both links reconnect with exponential backoff and jitter; the subscriber
@@ -196,33 +261,6 @@ class ClusterBridge:
                 await self.pub.aclose()
             except Exception:
                 pass
-
-    def backoff(self, attempt: int) -> float:
-        """Exponential from the initial delay to the cap, with jitter in [50 %, 100 %]."""
-        initial = self.settings.reconnect_initial_ms / 1000
-        cap = self.settings.reconnect_max_ms / 1000
-        base = min(initial * (2 ** max(0, attempt - 1)), cap)
-        return base * (0.5 + random.random() / 2)
-
-    def _failed_attempt(self, link: str, attempt: int, exc: BaseException) -> None:
-        self.stats.reconnect_attempts += 1
-        log.warning("cluster_link_down link=%s attempt=%d error=%r", link, attempt, str(exc))
-        if attempt == self.settings.reconnect_attempts and not self.single_node:
-            self.single_node = True
-            log.error(
-                "cluster_unreachable link=%s attempts=%d mode=single-node note=%r",
-                link,
-                attempt,
-                "serving local clients only; cross-node messages are queued up to the outbox limits; still retrying",
-            )
-
-    def _link_restored(self, link: str, attempts: int) -> None:
-        if attempts:
-            self.stats.reconnects += 1
-            log.info("cluster_link_up link=%s after_attempts=%d", link, attempts)
-        if self.single_node and self.pub_up and self.sub_up:
-            self.single_node = False
-            log.warning("cluster_rejoined mode=redis")
 
     # -- subscriber ----------------------------------------------------------------------------
 
@@ -370,37 +408,6 @@ class ClusterBridge:
             log.exception("cluster_message_failed channel=%r", message.get("channel"))
 
     # -- publisher -----------------------------------------------------------------------------
-
-    def publish(self, channel: str | bytes, payload: bytes) -> None:
-        """Queue a message; the writer task sends queued messages in order, pipelined. While Redis
-        is unreachable the outbox keeps at most OUTBOX_MAX_MESSAGES (oldest dropped first)."""
-        if isinstance(channel, str):
-            channel = channel.encode()
-        outbox = self.outbox
-        if not self.pub_up and len(outbox) >= self.settings.outbox_max_messages:
-            outbox.popleft()
-            self._dropped(1, "outbox full")
-        outbox.append((channel, payload, time.monotonic()))
-        self._outbox_event.set()
-
-    def _dropped(self, count: int, why: str) -> None:
-        self.stats.outbox_dropped += count
-        # One line per reason and second at most: an outage must not flood the log.
-        now = time.monotonic()
-        if now - self.stats.last_drop_log > 1.0:
-            self.stats.last_drop_log = now
-            log.warning("cluster_outbox_dropped reason=%r total=%d", why, self.stats.outbox_dropped)
-
-    def _expire_outbox(self) -> None:
-        max_age = self.settings.outbox_max_age_ms / 1000
-        limit = time.monotonic() - max_age
-        outbox = self.outbox
-        expired = 0
-        while outbox and outbox[0][2] < limit:
-            outbox.popleft()
-            expired += 1
-        if expired:
-            self._dropped(expired, "older than OUTBOX_MAX_AGE_MS")
 
     async def publish_now(self, channel: bytes | str, payload: bytes) -> None:
         """Publish bypassing the outbox (requests whose caller waits for answers)."""
@@ -573,7 +580,7 @@ class RemoteSocket:
         self.adapter.disconnect_sockets(self._only_me(), close)
 
 
-def _is_socket_description(value: Any) -> bool:
+def is_socket_description(value: Any) -> bool:
     """What a RemoteSocket can be built from: `{id: str, handshake?: map, rooms?: list, data?}`."""
     return (
         isinstance(value, dict)
@@ -584,18 +591,88 @@ def _is_socket_description(value: Any) -> bool:
     )
 
 
-def _wire_opts(opts: BroadcastOptions, with_flags: bool = False) -> wire.BroadcastOptions:
+def wire_options(opts: BroadcastOptions, with_flags: bool = False) -> wire.BroadcastOptions:
     return wire.BroadcastOptions(list(opts.rooms), list(opts.except_), opts.wire_flags() if with_flags else None)
 
 
-def _local_opts(o: wire.BroadcastOptions | None, flags: dict[str, Any] | None = None) -> BroadcastOptions:
+def local_options(o: wire.BroadcastOptions | None, flags: dict[str, Any] | None = None) -> BroadcastOptions:
     if o is None:
         return BroadcastOptions()
     flags = flags if flags is not None else (o.flags or {})
     return BroadcastOptions(rooms=frozenset(o.rooms), except_=frozenset(o.except_rooms), volatile=bool(flags.get("volatile")))
 
 
-class ClusterAdapter(Adapter):
+class RedisAdapter(Adapter):
+    """What the classic and the sharded adapters share: pending-request bookkeeping (one owner,
+    one timer, forgotten on completion or timeout), socket descriptions for fetch answers,
+    health and metrics. Subclasses provide `bridge` and `pending`."""
+
+    def _expire(self, request_id: str) -> None:
+        entry = self.pending.pop(request_id, None)
+        if entry is None:
+            return
+        self.bridge.stats.request_timeouts += 1
+        log.warning("cluster_request_timeout type=%s request_id=%s answered=%d expected=%d", entry.type.name, request_id, entry.received, entry.expected)
+        if entry.future is not None and not entry.future.done():
+            error = AdapterTimeout(f"{entry.type.name}: {entry.received} of {entry.expected} nodes answered in time")
+            error.responses = list(entry.responses)  # type: ignore[attr-defined]
+            entry.future.set_exception(error)
+
+    def _forget(self, request_id: str) -> None:
+        entry = self.pending.pop(request_id, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+
+    def _describe(self, socket: Any) -> dict[str, Any]:
+        h = socket.handshake
+        handshake = wire.socket_handshake(
+            headers=h.get("headers", {}),
+            address=h.get("address", ""),
+            issued=h.get("issued", 0),
+            url=h.get("url", ""),
+            query=h.get("query", {}),
+            auth=h.get("auth", {}),
+            xdomain=h.get("xdomain", False),
+            secure=h.get("secure", False),
+            time=h.get("time"),
+        )
+        rooms = [socket.id] + [r for r in self.socket_rooms(socket) if r != socket.id]
+        return wire.socket_description(socket.id, handshake, rooms, socket.data)
+
+    def collect_metrics(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        s = self.bridge.stats
+        yield CounterMetricFamily("sio_gateway_redis_published", "Messages published to Redis", value=s.published)
+        yield CounterMetricFamily("sio_gateway_redis_received", "Messages received from Redis", value=s.received)
+        yield CounterMetricFamily("sio_gateway_redis_bad_messages", "Malformed or foreign Redis messages dropped", value=s.bad_messages)
+        yield CounterMetricFamily("sio_gateway_redis_request_timeouts", "Cluster requests that timed out", value=s.request_timeouts)
+        yield CounterMetricFamily("sio_gateway_redis_reconnects", "Redis links re-established", value=s.reconnects)
+        yield CounterMetricFamily("sio_gateway_redis_reconnect_attempts", "Failed Redis connection attempts", value=s.reconnect_attempts)
+        yield CounterMetricFamily("sio_gateway_redis_watchdog_rebuilds", "Subscribers rebuilt because they stopped receiving", value=s.watchdog_rebuilds)
+        yield CounterMetricFamily("sio_gateway_redis_stalls", "Times Redis stopped answering while the links stayed open", value=s.stalls)
+        yield CounterMetricFamily("sio_gateway_redis_outbox_dropped", "Cross-node messages dropped (outbox full or too old)", value=s.outbox_dropped)
+        yield CounterMetricFamily("sio_gateway_redis_publish_errors", "Failed publish attempts", value=s.publish_errors)
+        yield GaugeMetricFamily("sio_gateway_redis_outbox", "Messages waiting to be published", value=len(self.bridge.outbox))
+        buckets = []
+        running = 0
+        for bound, count in zip(PUBLISH_BUCKETS, s.publish_buckets):
+            running += count
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", running + s.publish_buckets[-1]))
+        yield HistogramMetricFamily("sio_gateway_redis_publish_seconds", "Round trip of one pipelined publish batch", buckets=buckets, sum_value=s.publish_sum)
+        link = GaugeMetricFamily("sio_gateway_redis_link_up", "Redis link state (1 up, 0 down)", labels=["link"])
+        link.add_metric(["publisher"], 1 if self.bridge.pub_up else 0)
+        link.add_metric(["subscriber"], 1 if self.bridge.sub_up else 0)
+        yield link
+        pending = sum(len(a.pending) for a in self.bridge.adapters.values())
+        yield GaugeMetricFamily("sio_gateway_cluster_pending_requests", "Cluster requests awaiting answers", value=pending)
+
+    def health(self) -> dict[str, Any]:
+        return self.bridge.health()
+
+
+class ClusterAdapter(RedisAdapter):
     """An in-memory adapter that is also a member of a Redis cluster (classic protocol)."""
 
     def __init__(self, nsp: "Namespace", bridge: ClusterBridge) -> None:
@@ -625,9 +702,6 @@ class ClusterAdapter(Adapter):
         if not self.bridge.adapters:
             await self.bridge.close()
 
-    def health(self) -> dict[str, Any]:
-        return self.bridge.health()
-
     # -- outgoing broadcasts -------------------------------------------------------------------
 
     def broadcast(self, packet: sio.Packet, opts: BroadcastOptions) -> None:
@@ -635,7 +709,7 @@ class ClusterAdapter(Adapter):
         if opts.local:
             return
         rooms = list(opts.rooms)
-        payload = wire.encode_classic_broadcast(self.uid, self.nsp.name, packet.data, _wire_opts(opts, with_flags=True))
+        payload = wire.encode_classic_broadcast(self.uid, self.nsp.name, packet.data, wire_options(opts, with_flags=True))
         self.bridge.publish(wire.broadcast_channel(self.prefix, self.nsp.name, rooms), payload)
 
     def broadcast_with_ack(self, packet: sio.Packet, opts: BroadcastOptions, on_client_count: Callable[[int], None], on_ack: Callable[[Any], None]) -> None:
@@ -648,7 +722,7 @@ class ClusterAdapter(Adapter):
         entry = PendingRequest(wire.RequestType.BROADCAST, expected=0, on_client_count=on_client_count, on_ack=on_ack)
         self.pending[request_id] = entry
         entry.timer = asyncio.get_running_loop().call_later(timeout, self._forget, request_id)
-        payload = wire.encode_broadcast_with_ack_request(self.uid, request_id, self.nsp.name, data, _wire_opts(opts, with_flags=True))
+        payload = wire.encode_broadcast_with_ack_request(self.uid, request_id, self.nsp.name, data, wire_options(opts, with_flags=True))
         self.bridge.publish(self.request_channel, payload)
 
     # -- requests we issue ---------------------------------------------------------------------
@@ -672,29 +746,13 @@ class ClusterAdapter(Adapter):
         finally:
             self._forget(request_id)
 
-    def _expire(self, request_id: str) -> None:
-        entry = self.pending.pop(request_id, None)
-        if entry is None:
-            return
-        self.bridge.stats.request_timeouts += 1
-        log.warning("cluster_request_timeout type=%s request_id=%s answered=%d expected=%d", entry.type.name, request_id, entry.received, entry.expected)
-        if entry.future is not None and not entry.future.done():
-            error = AdapterTimeout(f"{entry.type.name}: {entry.received} of {entry.expected} nodes answered in time")
-            error.responses = list(entry.responses)  # type: ignore[attr-defined]
-            entry.future.set_exception(error)
-
-    def _forget(self, request_id: str) -> None:
-        entry = self.pending.pop(request_id, None)
-        if entry is not None and entry.timer is not None:
-            entry.timer.cancel()
-
     async def fetch_sockets(self, opts: BroadcastOptions) -> list[Any]:
         local = list(self.select(opts))
         if opts.local:
             return local
         remote = await self._request(
             wire.RequestType.REMOTE_FETCH,
-            lambda rid: wire.encode_fetch_sockets_request(self.uid, rid, _wire_opts(opts)),
+            lambda rid: wire.encode_fetch_sockets_request(self.uid, rid, wire_options(opts)),
         )
         for description in remote or ():
             local.append(RemoteSocket(self, description))
@@ -721,17 +779,17 @@ class ClusterAdapter(Adapter):
     def add_sockets(self, opts: BroadcastOptions, rooms: list[Room]) -> None:
         super().add_sockets(opts, rooms)
         if not opts.local:
-            self.bridge.publish(self.request_channel, wire.encode_remote_join(self.uid, _wire_opts(opts), rooms))
+            self.bridge.publish(self.request_channel, wire.encode_remote_join(self.uid, wire_options(opts), rooms))
 
     def del_sockets(self, opts: BroadcastOptions, rooms: list[Room]) -> None:
         super().del_sockets(opts, rooms)
         if not opts.local:
-            self.bridge.publish(self.request_channel, wire.encode_remote_leave(self.uid, _wire_opts(opts), rooms))
+            self.bridge.publish(self.request_channel, wire.encode_remote_leave(self.uid, wire_options(opts), rooms))
 
     def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
         super().disconnect_sockets(opts, close)
         if not opts.local:
-            self.bridge.publish(self.request_channel, wire.encode_remote_disconnect(self.uid, _wire_opts(opts), close))
+            self.bridge.publish(self.request_channel, wire.encode_remote_disconnect(self.uid, wire_options(opts), close))
 
     # -- incoming ------------------------------------------------------------------------------
 
@@ -780,7 +838,7 @@ class ClusterAdapter(Adapter):
             if req.sid is not None:
                 self._legacy_single_socket(req)
                 return
-            opts = _local_opts(req.opts)
+            opts = local_options(req.opts)
             if rtype is T.REMOTE_JOIN:
                 Adapter.add_sockets(self, opts, list(req.rooms or ()))
             elif rtype is T.REMOTE_LEAVE:
@@ -812,7 +870,7 @@ class ClusterAdapter(Adapter):
 
             self.nsp._on_server_side_event(data, ack)
         elif rtype is T.REMOTE_FETCH:
-            sockets = [self._describe(s) for s in self.select(_local_opts(req.opts))]
+            sockets = [self._describe(s) for s in self.select(local_options(req.opts))]
             self._respond(req.uid, wire.encode_fetch_sockets_response(req.request_id, sockets))  # type: ignore[arg-type]
         elif rtype is T.ALL_ROOMS:
             self._respond(req.uid, wire.encode_all_rooms_response(req.request_id, list(self.registry.rooms)))  # type: ignore[arg-type]
@@ -828,7 +886,7 @@ class ClusterAdapter(Adapter):
         if not isinstance(data, list) or not data:
             raise ClusterMessageError("broadcast request without event data")
         flags = (req.opts.flags if req.opts else None) or {}
-        opts = _local_opts(req.opts, flags)
+        opts = local_options(req.opts, flags)
         request_id = req.request_id
         requester = req.uid
 
@@ -854,22 +912,6 @@ class ClusterAdapter(Adapter):
         if req.request_id:
             self._respond(req.uid, wire.encode_legacy_ack_response(req.request_id))
 
-    def _describe(self, socket: Any) -> dict[str, Any]:
-        h = socket.handshake
-        handshake = wire.socket_handshake(
-            headers=h.get("headers", {}),
-            address=h.get("address", ""),
-            issued=h.get("issued", 0),
-            url=h.get("url", ""),
-            query=h.get("query", {}),
-            auth=h.get("auth", {}),
-            xdomain=h.get("xdomain", False),
-            secure=h.get("secure", False),
-            time=h.get("time"),
-        )
-        rooms = [socket.id] + [r for r in self.socket_rooms(socket) if r != socket.id]
-        return wire.socket_description(socket.id, handshake, rooms, socket.data)
-
     def on_response(self, payload: bytes) -> None:
         response = wire.decode_classic_response(payload)
         entry = self.pending.get(response.request_id)
@@ -887,7 +929,7 @@ class ClusterAdapter(Adapter):
             # Checked before counting: one bad description would otherwise surface much later,
             # as a TypeError in the caller of fetch_sockets, and lose every good answer with it.
             for description in sockets:
-                if not _is_socket_description(description):
+                if not is_socket_description(description):
                     raise ClusterMessageError(f"fetch response with a malformed socket description: {description!r:.200}")
             entry.responses.extend(sockets)
         elif entry.type is T.ALL_ROOMS:
@@ -901,35 +943,6 @@ class ClusterAdapter(Adapter):
             entry.future.set_result(entry.responses)
 
     # -- metrics -------------------------------------------------------------------------------
-
-    def collect_metrics(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
-        s = self.bridge.stats
-        yield CounterMetricFamily("sio_gateway_redis_published", "Messages published to Redis", value=s.published)
-        yield CounterMetricFamily("sio_gateway_redis_received", "Messages received from Redis", value=s.received)
-        yield CounterMetricFamily("sio_gateway_redis_bad_messages", "Malformed or foreign Redis messages dropped", value=s.bad_messages)
-        yield CounterMetricFamily("sio_gateway_redis_request_timeouts", "Cluster requests that timed out", value=s.request_timeouts)
-        yield CounterMetricFamily("sio_gateway_redis_reconnects", "Redis links re-established", value=s.reconnects)
-        yield CounterMetricFamily("sio_gateway_redis_reconnect_attempts", "Failed Redis connection attempts", value=s.reconnect_attempts)
-        yield CounterMetricFamily("sio_gateway_redis_watchdog_rebuilds", "Subscribers rebuilt because they stopped receiving", value=s.watchdog_rebuilds)
-        yield CounterMetricFamily("sio_gateway_redis_stalls", "Times Redis stopped answering while the links stayed open", value=s.stalls)
-        yield CounterMetricFamily("sio_gateway_redis_outbox_dropped", "Cross-node messages dropped (outbox full or too old)", value=s.outbox_dropped)
-        yield CounterMetricFamily("sio_gateway_redis_publish_errors", "Failed publish attempts", value=s.publish_errors)
-        yield GaugeMetricFamily("sio_gateway_redis_outbox", "Messages waiting to be published", value=len(self.bridge.outbox))
-        buckets = []
-        running = 0
-        for bound, count in zip(PUBLISH_BUCKETS, s.publish_buckets):
-            running += count
-            buckets.append((repr(bound), running))
-        buckets.append(("+Inf", running + s.publish_buckets[-1]))
-        yield HistogramMetricFamily("sio_gateway_redis_publish_seconds", "Round trip of one pipelined publish batch", buckets=buckets, sum_value=s.publish_sum)
-        link = GaugeMetricFamily("sio_gateway_redis_link_up", "Redis link state (1 up, 0 down)", labels=["link"])
-        link.add_metric(["publisher"], 1 if self.bridge.pub_up else 0)
-        link.add_metric(["subscriber"], 1 if self.bridge.sub_up else 0)
-        yield link
-        pending = sum(len(a.pending) for a in self.bridge.adapters.values())
-        yield GaugeMetricFamily("sio_gateway_cluster_pending_requests", "Cluster requests awaiting answers", value=pending)
 
 
 def cluster_adapter_factory(settings: Settings) -> Callable[["Namespace"], Adapter]:

@@ -48,14 +48,14 @@ from .connection import tls_options
 from .cluster import (
     TCP_KEEPALIVE,
     BridgeStats,
-    ClusterAdapter,
-    ClusterBridge,
+    RedisAdapter,
+    SupervisedLinks,
     ClusterUnavailable,
     PendingRequest,
     RemoteSocket,
-    _is_socket_description,
-    _local_opts,
-    _wire_opts,
+    is_socket_description,
+    local_options,
+    wire_options,
 )
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ class ShardLink:
                 pass
 
 
-class ShardedBridge:
+class ShardedBridge(SupervisedLinks):
     """One node's Redis Cluster links, shared by all its namespaces.
 
     Subscribing: one ShardLink per master; `wanted` (channel -> adapter, role) is what the node
@@ -433,14 +433,6 @@ class ShardedBridge:
                 pass
         self.publishers.clear()
         self.sub_up = self.pub_up = False
-
-    # Same supervision and outbox rules as the classic bridge, shared from it.
-    backoff = ClusterBridge.backoff
-    _failed_attempt = ClusterBridge._failed_attempt
-    _link_restored = ClusterBridge._link_restored
-    publish = ClusterBridge.publish
-    _dropped = ClusterBridge._dropped
-    _expire_outbox = ClusterBridge._expire_outbox
 
     # -- subscriber supervision ----------------------------------------------------------------
 
@@ -773,7 +765,7 @@ class ShardedBridge:
 # -- per-namespace adapter -------------------------------------------------------------------------
 
 
-class ShardedClusterAdapter(Adapter):
+class ShardedClusterAdapter(RedisAdapter):
     """An in-memory adapter that is also a member of a sharded Redis Cluster."""
 
     def __init__(self, nsp: "Namespace", bridge: ShardedBridge) -> None:
@@ -791,11 +783,6 @@ class ShardedClusterAdapter(Adapter):
         self.registry.on_room_deleted = self._room_deleted
         bridge.register(self)
 
-    # Shared with the classic adapter (same pending-request bookkeeping, same socket description).
-    _expire = ClusterAdapter._expire
-    _forget = ClusterAdapter._forget
-    _describe = ClusterAdapter._describe
-
     async def init(self) -> None:
         await self.bridge.start()
 
@@ -805,9 +792,6 @@ class ShardedClusterAdapter(Adapter):
             self._forget(request_id)
         if not self.bridge.adapters:
             await self.bridge.close()
-
-    def health(self) -> dict[str, Any]:
-        return self.bridge.health()
 
     # -- dynamic room subscriptions ------------------------------------------------------------
 
@@ -834,7 +818,7 @@ class ShardedClusterAdapter(Adapter):
     def broadcast(self, packet: sio.Packet, opts: BroadcastOptions) -> None:
         self.deliver(packet, opts)
         if not opts.local:
-            self._publish(wire.sharded_broadcast(self.uid, self.nsp.name, packet.data, _wire_opts(opts, with_flags=True)))
+            self._publish(wire.sharded_broadcast(self.uid, self.nsp.name, packet.data, wire_options(opts, with_flags=True)))
 
     def broadcast_with_ack(
         self, packet: sio.Packet, opts: BroadcastOptions, on_client_count: Callable[[int], None], on_ack: Callable[[Any], None]
@@ -848,22 +832,22 @@ class ShardedClusterAdapter(Adapter):
         entry = PendingRequest(ShardedType.BROADCAST, expected=0, on_client_count=on_client_count, on_ack=on_ack)  # type: ignore[arg-type]
         self.pending[request_id] = entry
         entry.timer = asyncio.get_running_loop().call_later(timeout, self._forget, request_id)
-        self._publish(wire.sharded_broadcast(self.uid, self.nsp.name, data, _wire_opts(opts, with_flags=True), request_id))
+        self._publish(wire.sharded_broadcast(self.uid, self.nsp.name, data, wire_options(opts, with_flags=True), request_id))
 
     def add_sockets(self, opts: BroadcastOptions, rooms: list[Room]) -> None:
         super().add_sockets(opts, rooms)
         if not opts.local:
-            self._publish(wire.sharded_sockets_join(self.uid, self.nsp.name, _wire_opts(opts, with_flags=True), rooms))  # type: ignore[arg-type]
+            self._publish(wire.sharded_sockets_join(self.uid, self.nsp.name, wire_options(opts, with_flags=True), rooms))  # type: ignore[arg-type]
 
     def del_sockets(self, opts: BroadcastOptions, rooms: list[Room]) -> None:
         super().del_sockets(opts, rooms)
         if not opts.local:
-            self._publish(wire.sharded_sockets_leave(self.uid, self.nsp.name, _wire_opts(opts, with_flags=True), rooms))  # type: ignore[arg-type]
+            self._publish(wire.sharded_sockets_leave(self.uid, self.nsp.name, wire_options(opts, with_flags=True), rooms))  # type: ignore[arg-type]
 
     def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
         super().disconnect_sockets(opts, close)
         if not opts.local:
-            self._publish(wire.sharded_disconnect_sockets(self.uid, self.nsp.name, _wire_opts(opts, with_flags=True), close))
+            self._publish(wire.sharded_disconnect_sockets(self.uid, self.nsp.name, wire_options(opts, with_flags=True), close))
 
     # -- requests we issue ---------------------------------------------------------------------
 
@@ -892,7 +876,7 @@ class ShardedClusterAdapter(Adapter):
             return local
         remote = await self._request(
             ShardedType.FETCH_SOCKETS,
-            lambda rid: wire.sharded_fetch_sockets(self.uid, self.nsp.name, _wire_opts(opts, with_flags=True), rid),
+            lambda rid: wire.sharded_fetch_sockets(self.uid, self.nsp.name, wire_options(opts, with_flags=True), rid),
             opts.timeout,
         )
         for description in remote or ():
@@ -925,13 +909,13 @@ class ShardedClusterAdapter(Adapter):
         if kind is T.BROADCAST:
             self._on_broadcast(message, data)
         elif kind is T.SOCKETS_JOIN:
-            Adapter.add_sockets(self, _local_opts(message.opts), list(data["rooms"]))
+            Adapter.add_sockets(self, local_options(message.opts), list(data["rooms"]))
         elif kind is T.SOCKETS_LEAVE:
-            Adapter.del_sockets(self, _local_opts(message.opts), list(data["rooms"]))
+            Adapter.del_sockets(self, local_options(message.opts), list(data["rooms"]))
         elif kind is T.DISCONNECT_SOCKETS:
-            Adapter.disconnect_sockets(self, _local_opts(message.opts), bool(data.get("close")))
+            Adapter.disconnect_sockets(self, local_options(message.opts), bool(data.get("close")))
         elif kind is T.FETCH_SOCKETS:
-            sockets = [self._describe(s) for s in self.select(_local_opts(message.opts))]
+            sockets = [self._describe(s) for s in self.select(local_options(message.opts))]
             self._respond(message.uid, wire.sharded_fetch_sockets_response(self.uid, self.nsp.name, data["requestId"], sockets))
         elif kind is T.SERVER_SIDE_EMIT:
             self._on_server_side_emit(message, data)
@@ -941,7 +925,7 @@ class ShardedClusterAdapter(Adapter):
         event_data = packet_map.get("data")
         wire_opts = message.opts
         flags = (wire_opts.flags if wire_opts else None) or {}
-        opts = _local_opts(wire_opts, flags)
+        opts = local_options(wire_opts, flags)
         packet = sio.Packet(PacketType.EVENT, self.nsp.name, event_data)
         request_id = data.get("requestId")
         if request_id is None:
@@ -995,7 +979,7 @@ class ShardedClusterAdapter(Adapter):
         if entry.type is T.FETCH_SOCKETS and kind is T.FETCH_SOCKETS_RESPONSE:
             sockets = data.get("sockets") or []
             for description in sockets:
-                if not _is_socket_description(description):
+                if not is_socket_description(description):
                     raise ClusterMessageError(f"fetch response with a malformed socket description: {description!r:.200}")
             entry.responses.extend(sockets)
         elif entry.type is T.SERVER_SIDE_EMIT and kind is T.SERVER_SIDE_EMIT_RESPONSE:
@@ -1011,7 +995,7 @@ class ShardedClusterAdapter(Adapter):
     def collect_metrics(self) -> Any:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        yield from ClusterAdapter.collect_metrics(self)  # type: ignore[arg-type]
+        yield from super().collect_metrics()
         bridge = self.bridge
         yield GaugeMetricFamily("sio_gateway_redis_shard_channels", "Shard channels this node is subscribed to", value=len(bridge.placement))
         yield GaugeMetricFamily("sio_gateway_redis_cluster_masters", "Masters in the last slot map read", value=len(bridge.slots.masters) if bridge.slots else 0)

@@ -156,11 +156,32 @@ class RedisClusterProcesses:
     def move_slot(self, slot: int, port: int) -> None:
         """Hand an empty slot to the master on `port` (no keys to migrate: pub/sub only)."""
         target = self.node_id(port)
-        for node in self.ports:
+        # The new owner first (it bumps its config epoch), then the others, as Redis documents.
+        for node in [port, *(p for p in self.ports if p != port)]:
             answer = self._cli(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target, timeout=2)
             if "OK" not in answer:
                 raise RedisClusterError(f"SETSLOT on {node}: {answer}")
         self.wait_ok(time.monotonic() + 10)
+        # Every master must agree before the test relies on the new owner (gossip settles it).
+        deadline = time.monotonic() + 10
+        while True:
+            views = {self._slot_owner(node, slot) for node in self.ports}
+            if views == {port}:
+                return
+            if time.monotonic() > deadline:
+                raise RedisClusterError(f"slot {slot}: masters disagree on its owner: {views}")
+            time.sleep(0.1)
+
+    def _slot_owner(self, node: int, slot: int) -> int | None:
+        client = redis.Redis(host=LOOPBACK, port=node, socket_timeout=5)
+        try:
+            reply = client.execute_command("CLUSTER", "SLOTS")
+        finally:
+            client.close()
+        for start, end, master, *_ in reply:
+            if start <= slot <= end:
+                return int(master[1])
+        return None
 
     def restart_node(self, port: int) -> None:
         """SIGKILL one master, start it again on the same port with its cluster config."""
