@@ -32,6 +32,7 @@ from protocol.socketio import PacketType
 
 from ..config import Settings
 from .base import Adapter, AdapterError, AdapterTimeout, BroadcastOptions
+from .streams import PublishStream, SubscriberStream
 from .connection import redis_client
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class ClusterBridge(SupervisedLinks):
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
         self._pubsub: Any = None
+        self._pub_stream: PublishStream | None = None
         self.started = False
         self.node_tag = wire.new_sharded_id()
         self.probe_channel = f"{self.prefix}-gateway-probe#{self.node_tag}#".encode()
@@ -256,6 +258,9 @@ class ClusterBridge(SupervisedLinks):
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        if self._pub_stream is not None:
+            await self._pub_stream.aclose()
+            self._pub_stream = None
         if self.pub is not None:
             try:
                 await self.pub.aclose()
@@ -294,7 +299,7 @@ class ClusterBridge(SupervisedLinks):
         settle_time = self.settings.reconnect_max_ms / 1000 + 1.0
         while not self._closing:
             client = self._client()
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = SubscriberStream(client)
             try:
                 await pubsub.subscribe(self.probe_channel)
                 for adapter in list(self.adapters.values()):
@@ -458,14 +463,17 @@ class ClusterBridge(SupervisedLinks):
                     if not batch:
                         continue
                     started = time.perf_counter()
+                    stream = self._pub_stream
+                    if stream is None:
+                        stream = self._pub_stream = PublishStream(self.pub)
                     try:
-                        pipe = self.pub.pipeline(transaction=False)
-                        for channel, payload, _ in batch:
-                            pipe.publish(channel, payload)
-                        await pipe.execute()
+                        await stream.publish_batch(batch)
                     except BaseException:
-                        # Put the batch back in front, in order, for the next attempt.
+                        # Put the batch back in front, in order, for the next attempt, on a new
+                        # connection (this one may hold half a reply).
                         outbox.extendleft(reversed(batch))
+                        self._pub_stream = None
+                        await stream.aclose()
                         raise
                     self.stats.published += len(batch)
                     self.stats.observe_publish(time.perf_counter() - started)
