@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gateway.app import build_server
 from gateway.config import Settings
 from gateway.ops.logs import setup_logging
 from gateway.runtime import run
@@ -21,12 +22,7 @@ from gateway.server import Server, Socket
 
 
 def build(settings: Settings) -> Server:
-    adapter_factory = None
-    if settings.redis_url:
-        from gateway.adapter.cluster import cluster_adapter_factory
-
-        adapter_factory = cluster_adapter_factory(settings)
-    server = Server(settings, adapter_factory=adapter_factory)
+    server = build_server(settings)  # the adapter REDIS_URL / REDIS_MODE call for, as the gateway picks it
 
     @server.on("connection")
     def connected(socket: Socket) -> None:

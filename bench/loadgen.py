@@ -287,6 +287,9 @@ class Plan:
     ramp: float = 0.5
     window: int = 8
     latency_load: float = 0.5
+    # Optional second latency phase at an absolute rate (deliveries/s), so two servers can be
+    # compared at the same load as well as at the same fraction of their own saturation.
+    latency_deliveries_per_s: float = 0.0
     pad: int = 64
     connect_concurrency: int = 200
     burst: int = 3
@@ -567,6 +570,11 @@ class Generator:
         latency_window, latencies = await self.paced(max(1.0, publish_rate * plan.latency_load))
         result["latency_phase"] = latency_window
         result["latency"] = percentiles(latencies)
+        if plan.latency_deliveries_per_s:
+            rate = plan.latency_deliveries_per_s / fanout
+            self.log(f"latency at {plan.latency_deliveries_per_s:.0f} deliveries/s (equal load)")
+            equal_window, equal_latencies = await self.paced(max(1.0, rate))
+            result["latency_equal_load"] = {"deliveries_per_s": plan.latency_deliveries_per_s, "phase": equal_window, **percentiles(equal_latencies)}
         self.finish(result)
         return result
 
@@ -672,6 +680,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ramp", type=float, default=0.5)
     parser.add_argument("--window", type=int, default=8, help="messages in flight at saturation")
     parser.add_argument("--latency-load", type=float, default=0.5)
+    parser.add_argument("--latency-deliveries-per-s", type=float, default=0.0, help="also measure latency at this absolute load")
     parser.add_argument("--pad", type=int, default=64)
     parser.add_argument("--burst", type=int, default=3, help="broadcasts to all in the connections scenario")
     parser.add_argument("--idle", type=float, default=1.0)
@@ -685,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
         ramp=args.ramp,
         window=args.window,
         latency_load=args.latency_load,
+        latency_deliveries_per_s=args.latency_deliveries_per_s,
         pad=args.pad,
         burst=args.burst,
         idle=args.idle,

@@ -69,7 +69,8 @@ def medians(results: list[dict[str, Any]]) -> dict[tuple[str, str], Cell]:
         groups.setdefault((r.get("bench_scenario", "?"), r.get("server", "?")), []).append(r)
     cells = {}
     for key, runs in groups.items():
-        ok = [r for r in runs if "error" not in r]
+        # Equal-load runs only add a latency figure; they stay out of the main medians.
+        ok = [r for r in runs if "error" not in r and not r.get("equal_load")]
         values: dict[str, float | None] = {}
         for name, path in METRICS.items():
             found = [v for v in (_get(r, path) for r in ok) if v is not None]
@@ -191,6 +192,24 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         ratio = ours[t.metric] / peer[t.metric]  # type: ignore[operator]
         met = ratio <= t.bound if t.at_most else ratio >= t.bound
         lines.append(f"| {t.label} | {ratio:.2f} | {'≤' if t.at_most else '≥'} {t.bound} × {SERVER_LABELS[t.against]} | {'yes' if met else '**no**'} |")
+    equal = [r for r in results if r.get("equal_load") and "error" not in r and r.get("latency_equal_load")]
+    if equal:
+        lines += [
+            "",
+            "Latency at equal load: the rows above measure each server at 50 % of its own saturation rate, so a faster "
+            "server carries more load there. Here ours is measured again at the load Node.js socket.io had in its latency phase:",
+            "",
+            "| scenario | load (deliveries/s) | ours p50 ms | ours p99 ms | Node.js p50 ms | Node.js p99 ms | p99 × Node |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in equal:
+            name = r["bench_scenario"]
+            node = cells.get((name, "node"))
+            eq = r["latency_equal_load"]
+            lines.append(
+                f"| {name} | {_fmt(eq.get('deliveries_per_s'))} | {_fmt(eq.get('p50_ms'), 2)} | {_fmt(eq.get('p99_ms'), 2)} | "
+                f"{_fmt(node['p50'] if node else None, 2)} | {_fmt(node['p99'] if node else None, 2)} | {_ratio(eq.get('p99_ms'), node['p99'] if node else None)} |"
+            )
     ceiling_rows = [s for s in scenarios if cells.get((s, "ceiling")) and cells[(s, "ceiling")].runs]
     if ceiling_rows:
         lines += ["", "Generator ceiling (the same generator against a trivial pre-encoded-frame server): a result near it is bound by the generator and the box, not by the server."]

@@ -20,6 +20,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -277,6 +278,31 @@ def sweep(servers: list[str], names: list[str], repeats: int, scale: float, dura
             sink.write(json.dumps(result) + "\n")
             sink.flush()
             print(f"    {summary(result)}  ({time.monotonic() - t0:.1f}s)", flush=True)
+        # The issue measures latency at 50 % of each server's own saturation rate, so a faster
+        # server is measured under more load. For a like-for-like view, ours is also measured at
+        # the load Node.js had in its own latency phase.
+        for name in names:
+            scenario = table[name]
+            node_loads = [
+                r["latency_phase"]["deliveries_per_s"]
+                for r in results
+                if r.get("bench_scenario") == name and r.get("server") == "node" and "error" not in r and r.get("latency_phase")
+            ]
+            if not node_loads or "ours" not in servers or scenario.loadgen == "connections":
+                continue
+            load = statistics.median(node_loads)
+            equal = Scenario(scenario.name, scenario.loadgen, scenario.nodes, {**scenario.args, "latency_deliveries_per_s": round(load, 1)}, scenario.description)
+            print(f"[equal load] {name} x ours at Node.js's latency load ({load:,.0f} deliveries/s) ...", flush=True)
+            try:
+                result = run_one("ours", equal, log_dir)
+            except BenchError as exc:
+                result = {"error": str(exc)}
+            result.update({"sweep": sweep_id, "server": "ours", "bench_scenario": name, "repeat": -1, "equal_load": True, "nodes": scenario.nodes, "args": equal.args})
+            results.append(result)
+            sink.write(json.dumps(result) + "\n")
+            sink.flush()
+            equal_latency = result.get("latency_equal_load", {})
+            print(f"    p50 {equal_latency.get('p50_ms')} ms, p99 {equal_latency.get('p99_ms')} ms at {load:,.0f} deliveries/s", flush=True)
     print(f"sweep done in {time.monotonic() - started:.0f}s; server logs in {log_dir}", flush=True)
     return results
 

@@ -362,6 +362,7 @@ class Socket:
     def send_packet(self, packet: sio.Packet) -> None:
         text, binaries = sio.encode(packet)
         self.session.send(Outbound.message(text, binaries))
+        self.session.server.stats.messages_out += 1
 
     def _register_ack(self, ack_id: int, callback: Callable[..., Any], timeout: float | None) -> None:
         timer = None
@@ -727,6 +728,7 @@ class Client:
     # -- Receiver protocol ---------------------------------------------------------------------
 
     def on_message(self, data: str | bytes) -> None:
+        self.server.engine.stats.messages_in += 1
         try:
             packet = self.decoder.feed(data)
         except ProtocolError as exc:

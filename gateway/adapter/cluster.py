@@ -91,7 +91,38 @@ class SupervisedLinks:
     """Supervision and outbox rules shared by the classic and the sharded bridges: reconnect
     backoff with jitter, the attempt limit that switches a node to single-node mode, and the
     bounded ordered outbox. Subclasses own the connections; they provide `settings`, `stats`,
-    `outbox`, `pub_up`, `sub_up`, `single_node` and `_outbox_event`."""
+    `outbox`, `pub_up`, `sub_up`, `single_node`, `_outbox_event`, `_tasks` and `_closing`."""
+
+    async def _start_links(self, subscriber: Any, publisher: Any, label: str) -> None:
+        """Run the two supervisors; return once both links are up, or after ~2 s regardless (a
+        node with Redis down serves its local clients at once and joins later)."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(subscriber, name=f"{label}-subscriber"),
+            loop.create_task(publisher, name=f"{label}-publisher"),
+        ]
+        for _ in range(40):
+            if self.sub_up and self.pub_up:
+                break
+            await asyncio.sleep(0.05)
+        if not (self.sub_up and self.pub_up):
+            log.warning("cluster_start_degraded publisher=%s subscriber=%s", self.pub_up, self.sub_up)
+
+    async def _stop_links(self) -> None:
+        """Flush the outbox for up to a second while the publisher is up, then stop both
+        supervisors."""
+        self._closing = True
+        self._outbox_event.set()
+        deadline = time.monotonic() + 1.0
+        while self.outbox and self.pub_up and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
 
     def backoff(self, attempt: int) -> float:
         """Exponential from the initial delay to the cap, with jitter in [50 %, 100 %]."""
@@ -233,31 +264,10 @@ class ClusterBridge(SupervisedLinks):
         # Redis that was only frozen, and replaying it would deliver it twice. A frozen Redis
         # shows in the subscriber's watchdog instead; a dead peer in TCP keepalive.
         self.pub = self._client(socket_timeout=None)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._subscriber_loop(), name="cluster-subscriber"),
-            loop.create_task(self._publisher_loop(), name="cluster-publisher"),
-        ]
-        for _ in range(40):
-            if self.sub_up and self.pub_up:
-                break
-            await asyncio.sleep(0.05)
-        if not (self.sub_up and self.pub_up):
-            log.warning("cluster_start_degraded publisher=%s subscriber=%s", self.pub_up, self.sub_up)
+        await self._start_links(self._subscriber_loop(), self._publisher_loop(), "cluster")
 
     async def close(self) -> None:
-        self._closing = True
-        self._outbox_event.set()
-        deadline = time.monotonic() + 1.0
-        while self.outbox and self.pub_up and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._stop_links()
         if self._pub_stream is not None:
             await self._pub_stream.aclose()
             self._pub_stream = None

@@ -397,32 +397,11 @@ class ShardedBridge(SupervisedLinks):
         if self.started:
             return
         self.started = True
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._supervisor(), name="sharded-subscriber"),
-            loop.create_task(self._publisher_loop(), name="sharded-publisher"),
-        ]
-        for _ in range(40):
-            if self.sub_up and self.pub_up:
-                break
-            await asyncio.sleep(0.05)
-        if not (self.sub_up and self.pub_up):
-            log.warning("cluster_start_degraded publisher=%s subscriber=%s", self.pub_up, self.sub_up)
+        await self._start_links(self._supervisor(), self._publisher_loop(), "sharded")
 
     async def close(self) -> None:
-        self._closing = True
-        self._outbox_event.set()
         self._resync.set()
-        deadline = time.monotonic() + 1.0
-        while self.outbox and self.pub_up and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._stop_links()
         for link in list(self.links.values()):
             await link.close()
         self.links.clear()

@@ -30,12 +30,14 @@ def generate_id() -> str:
 class EngineStats:
     """Counters the operations surface reads; plain ints, cheap to bump on the hot path."""
 
-    __slots__ = ("bad_packets", "sessions_opened", "upgrades", "http_errors")
+    __slots__ = ("bad_packets", "sessions_opened", "upgrades", "http_errors", "messages_in", "messages_out")
 
     def __init__(self) -> None:
         self.bad_packets: dict[str, int] = {}
         self.sessions_opened = 0
         self.upgrades = 0
+        self.messages_in = 0  # Socket.IO messages received (attachments counted with their packet)
+        self.messages_out = 0  # Socket.IO packets sent to one socket (broadcasts count as deliveries)
         self.http_errors = 0
 
 

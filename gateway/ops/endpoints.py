@@ -95,6 +95,10 @@ class GatewayCollector:
         broadcasts.add_metric(["remote"], a.broadcasts_remote)
         yield broadcasts
         yield CounterMetricFamily("sio_gateway_deliveries", "Packets written to sockets by broadcasts", value=a.deliveries)
+        packets = CounterMetricFamily("sio_gateway_packets", "Socket.IO packets received from and sent to clients", labels=["direction"])
+        packets.add_metric(["in"], engine.messages_in)
+        packets.add_metric(["out"], engine.messages_out + a.deliveries)
+        yield packets
         yield CounterMetricFamily("sio_gateway_volatile_dropped", "Volatile packets dropped for a busy transport", value=a.dropped_volatile)
         extra = getattr(server.main.adapter, "collect_metrics", None)
         if extra is not None:

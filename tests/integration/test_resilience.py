@@ -671,6 +671,7 @@ async def test_metrics_parse_and_count_bad_input(redis_proc: RedisServerProcess,
         "sio_gateway_redis_outbox_dropped": "counter",
         "sio_gateway_redis_request_timeouts": "counter",
         "sio_gateway_cluster_pending_requests": "gauge",
+        "sio_gateway_packets": "counter",
     }
     for name, kind in expected.items():
         assert families.get(name) == kind, (name, families.get(name))
@@ -715,6 +716,8 @@ async def test_metrics_parse_and_count_bad_input(redis_proc: RedisServerProcess,
     assert moved("sio_gateway_redis_published_total") >= 1
     assert moved("sio_gateway_redis_publish_seconds_count") >= 1
     assert after[("sio_gateway_connections", (("transport", "websocket"),))] >= 1
+    assert moved("sio_gateway_packets_total", direction="in") >= 2
+    assert moved("sio_gateway_packets_total", direction="out") >= 2
 
 
 # -- outbox bounds --------------------------------------------------------------------------------
