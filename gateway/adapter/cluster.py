@@ -124,6 +124,24 @@ class SupervisedLinks:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    async def _next_batch(self, limit: int = 512) -> list[tuple[bytes, bytes, float]] | None:
+        """The next run of queued messages, oldest first, waiting until there is one (expired
+        ones are dropped and counted); None once closing with nothing left to send."""
+        outbox = self.outbox
+        while True:
+            if not outbox:
+                if self._closing:
+                    return None
+                self._outbox_event.clear()
+                await self._outbox_event.wait()
+                continue
+            self._expire_outbox()
+            batch = []
+            while outbox and len(batch) < limit:
+                batch.append(outbox.popleft())
+            if batch:
+                return batch
+
     def backoff(self, attempt: int) -> float:
         """Exponential from the initial delay to the cap, with jitter in [50 %, 100 %]."""
         initial = self.settings.reconnect_initial_ms / 1000
@@ -459,19 +477,9 @@ class ClusterBridge(SupervisedLinks):
                 self._link_restored("publisher", self._pub_attempts)
                 self._pub_attempts = 0
                 while True:
-                    if not self.outbox:
-                        if self._closing:
-                            return
-                        self._outbox_event.clear()
-                        await self._outbox_event.wait()
-                        continue
-                    self._expire_outbox()
-                    batch = []
-                    outbox = self.outbox
-                    while outbox and len(batch) < 512:
-                        batch.append(outbox.popleft())
-                    if not batch:
-                        continue
+                    batch = await self._next_batch()
+                    if batch is None:
+                        return
                     started = time.perf_counter()
                     stream = self._pub_stream
                     if stream is None:
@@ -481,7 +489,7 @@ class ClusterBridge(SupervisedLinks):
                     except BaseException:
                         # Put the batch back in front, in order, for the next attempt, on a new
                         # connection (this one may hold half a reply).
-                        outbox.extendleft(reversed(batch))
+                        self.outbox.extendleft(reversed(batch))
                         self._pub_stream = None
                         await stream.aclose()
                         raise

@@ -627,18 +627,10 @@ class ShardedBridge(SupervisedLinks):
                     self._link_restored("publisher", self._pub_attempts)
                 self._pub_attempts = 0
                 while True:
-                    if not self.outbox:
-                        if self._closing:
-                            return
-                        self._outbox_event.clear()
-                        await self._outbox_event.wait()
-                        continue
-                    self._expire_outbox()
-                    batch = []
-                    while self.outbox and len(batch) < 512:
-                        batch.append(self.outbox.popleft())
-                    if batch:
-                        await self._send_batch(batch)
+                    batch = await self._next_batch()
+                    if batch is None:
+                        return
+                    await self._send_batch(batch)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError, ClusterUnavailable) as exc:
