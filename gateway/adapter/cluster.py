@@ -87,6 +87,11 @@ class BridgeStats:
         self.publish_buckets[-1] += 1
 
 
+def info_figures(info: dict[str, Any]) -> dict[str, Any]:
+    """The `INFO` figures /stats shows (as the seed's getRedisAdapterStats)."""
+    return {key: info.get(key) for key in ("connected_clients", "used_memory", "used_memory_human", "uptime_in_seconds", "redis_version")}
+
+
 class SupervisedLinks:
     """Supervision and outbox rules shared by the classic and the sharded bridges: reconnect
     backoff with jitter, the attempt limit that switches a node to single-node mode, and the
@@ -141,6 +146,14 @@ class SupervisedLinks:
                 batch.append(outbox.popleft())
             if batch:
                 return batch
+
+    async def _publisher_failed(self, exc: BaseException) -> None:
+        """The publisher link broke: mark it down, count and log the attempt, back off."""
+        self.pub_up = False
+        self.stats.publish_errors += 1
+        self._pub_attempts += 1
+        self._failed_attempt("publisher", self._pub_attempts, exc)
+        await asyncio.sleep(self.backoff(self._pub_attempts))
 
     def backoff(self, attempt: int) -> float:
         """Exponential from the initial delay to the cap, with jitter in [50 %, 100 %]."""
@@ -498,11 +511,7 @@ class ClusterBridge(SupervisedLinks):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as exc:
-                self.pub_up = False
-                self.stats.publish_errors += 1
-                self._pub_attempts += 1
-                self._failed_attempt("publisher", self._pub_attempts, exc)
-                await asyncio.sleep(self.backoff(self._pub_attempts))
+                await self._publisher_failed(exc)
 
     async def _settle_before_replay(self) -> None:
         """After an outage, give the other nodes' subscribers a moment to come back before the
@@ -549,14 +558,7 @@ class ClusterBridge(SupervisedLinks):
             info = await asyncio.wait_for(self.pub.info(), 1.0)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             return {"available": False, "error": str(exc)}
-        return {
-            "available": True,
-            "connected_clients": info.get("connected_clients"),
-            "used_memory": info.get("used_memory"),
-            "used_memory_human": info.get("used_memory_human"),
-            "uptime_in_seconds": info.get("uptime_in_seconds"),
-            "redis_version": info.get("redis_version"),
-        }
+        return {"available": True, **info_figures(info)}
 
 
 # -- per-namespace adapter -------------------------------------------------------------------------
@@ -632,6 +634,35 @@ class RedisAdapter(Adapter):
     """What the classic and the sharded adapters share: pending-request bookkeeping (one owner,
     one timer, forgotten on completion or timeout), socket descriptions for fetch answers,
     health and metrics. Subclasses provide `bridge` and `pending`."""
+
+    async def init(self) -> None:
+        await self.bridge.start()
+
+    async def close(self) -> None:
+        self.bridge.unregister(self)
+        for request_id in list(self.pending):
+            self._forget(request_id)
+        if not self.bridge.adapters:
+            await self.bridge.close()
+
+    def _serve_server_side_emit(self, data: list[Any], answer: Callable[[Any], None] | None) -> None:
+        """Run this node's handlers for another node's serverSideEmit. With `answer` (the
+        requester wants acks), the first ack is sent once; as in Node, a node without a listener
+        does not answer at all (the requester times out, counting it as missing)."""
+        if answer is None:
+            self.nsp._on_server_side_event(data, None)
+            return
+        if not data or not self.nsp.has_listener(data[0]):
+            return
+        answered = False
+
+        def ack(value: Any = None) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                answer(value)
+
+        self.nsp._on_server_side_event(data, ack)
 
     def _expire(self, request_id: str) -> None:
         entry = self.pending.pop(request_id, None)
@@ -717,16 +748,6 @@ class ClusterAdapter(RedisAdapter):
         self.requests_timeout = bridge.settings.requests_timeout_ms / 1000
         self.specific_responses = bridge.settings.publish_on_specific_response_channel
         bridge.register(self)
-
-    async def init(self) -> None:
-        await self.bridge.start()
-
-    async def close(self) -> None:
-        self.bridge.unregister(self)
-        for request_id in list(self.pending):
-            self._forget(request_id)
-        if not self.bridge.adapters:
-            await self.bridge.close()
 
     # -- outgoing broadcasts -------------------------------------------------------------------
 
@@ -877,24 +898,12 @@ class ClusterAdapter(RedisAdapter):
         if rtype is T.SERVER_SIDE_EMIT:
             if req.uid == self.uid:
                 return
-            data = req.data or []
-            if req.request_id is None:
-                self.nsp._on_server_side_event(data, None)
-                return
-            if not data or not self.nsp.has_listener(data[0]):
-                return  # as in Node: no listener, no answer (the requester times out)
             request_id = req.request_id
-            answered = False
-
-            def ack(value: Any = None) -> None:
-                nonlocal answered
-                if answered:
-                    return
-                answered = True
-                # serverSideEmit acknowledgements always go to the shared channel (spec 2.5).
-                self._respond(req.uid, wire.encode_server_side_emit_response(request_id, value), shared=True)
-
-            self.nsp._on_server_side_event(data, ack)
+            # serverSideEmit acknowledgements always go to the shared channel (spec 2.5).
+            self._serve_server_side_emit(
+                req.data or [],
+                None if request_id is None else lambda value: self._respond(req.uid, wire.encode_server_side_emit_response(request_id, value), shared=True),
+            )
         elif rtype is T.REMOTE_FETCH:
             sockets = [self._describe(s) for s in self.select(local_options(req.opts))]
             self._respond(req.uid, wire.encode_fetch_sockets_response(req.request_id, sockets))  # type: ignore[arg-type]

@@ -50,6 +50,7 @@ from .cluster import (
     BridgeStats,
     RedisAdapter,
     SupervisedLinks,
+    info_figures,
     ClusterUnavailable,
     PendingRequest,
     RemoteSocket,
@@ -634,11 +635,7 @@ class ShardedBridge(SupervisedLinks):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError, ClusterUnavailable) as exc:
-                self.pub_up = False
-                self.stats.publish_errors += 1
-                self._pub_attempts += 1
-                self._failed_attempt("publisher", self._pub_attempts, exc)
-                await asyncio.sleep(self.backoff(self._pub_attempts))
+                await self._publisher_failed(exc)
                 try:
                     await self.refresh_slots()
                 except ClusterUnavailable:
@@ -722,15 +719,7 @@ class ShardedBridge(SupervisedLinks):
             info = await asyncio.wait_for(self._publisher(self.slots.masters[0]).info(), 1.0)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             return {"available": False, "error": str(exc)}
-        return {
-            "available": True,
-            "masters": len(self.slots.masters),
-            "connected_clients": info.get("connected_clients"),
-            "used_memory": info.get("used_memory"),
-            "used_memory_human": info.get("used_memory_human"),
-            "uptime_in_seconds": info.get("uptime_in_seconds"),
-            "redis_version": info.get("redis_version"),
-        }
+        return {"available": True, "masters": len(self.slots.masters), **info_figures(info)}
 
 
 # -- per-namespace adapter -------------------------------------------------------------------------
@@ -753,16 +742,6 @@ class ShardedClusterAdapter(RedisAdapter):
         self.registry.on_room_created = self._room_created
         self.registry.on_room_deleted = self._room_deleted
         bridge.register(self)
-
-    async def init(self) -> None:
-        await self.bridge.start()
-
-    async def close(self) -> None:
-        self.bridge.unregister(self)
-        for request_id in list(self.pending):
-            self._forget(request_id)
-        if not self.bridge.adapters:
-            await self.bridge.close()
 
     # -- dynamic room subscriptions ------------------------------------------------------------
 
@@ -914,24 +893,12 @@ class ShardedClusterAdapter(RedisAdapter):
         Adapter.broadcast_with_ack(self, packet, opts, on_client_count, on_ack)
 
     def _on_server_side_emit(self, message: ShardedMessage, data: dict[str, Any]) -> None:
-        event_data = data["packet"]
         request_id = data.get("requestId")
-        if request_id is None:
-            self.nsp._on_server_side_event(event_data, None)
-            return
-        if not event_data or not self.nsp.has_listener(event_data[0]):
-            return  # as in Node: no listener, no answer (the requester times out)
         requester = message.uid
-        answered = False
-
-        def ack(value: Any = None) -> None:
-            nonlocal answered
-            if answered:
-                return
-            answered = True
-            self._respond(requester, wire.sharded_server_side_emit_response(self.uid, self.nsp.name, request_id, value))
-
-        self.nsp._on_server_side_event(event_data, ack)
+        self._serve_server_side_emit(
+            data["packet"],
+            None if request_id is None else lambda value: self._respond(requester, wire.sharded_server_side_emit_response(self.uid, self.nsp.name, request_id, value)),
+        )
 
     def _on_response(self, message: ShardedMessage) -> None:
         request_id = message.request_id
