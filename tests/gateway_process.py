@@ -1,11 +1,13 @@
 """Start a gateway application (`python -m <module> --port P ...`) as a real process.
 
-Tests talk to it over loopback like any client would; it is stopped by PID (SIGTERM, then SIGKILL)
-and its log is kept for failure messages.
+Tests talk to it over loopback like any client would; it runs in a process group of its own and
+is stopped through that group (SIGTERM, then SIGKILL; see tests.conftest.stop_process_group), and
+its log is kept for failure messages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import stop_process_group
 from tests.ports import LOOPBACK, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +48,7 @@ class GatewayProcess:
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cmd = [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -74,8 +77,10 @@ class GatewayProcess:
             return exc.code, exc.read()
 
     def signal(self, sig: int) -> None:
+        """`sig` to the gateway's process group (SIGTERM to drain it, SIGKILL to crash it)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float) -> int | None:
         if self.proc is None:
@@ -86,19 +91,12 @@ class GatewayProcess:
             return None
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`; always reaps."""
+        """SIGTERM to its process group, then SIGKILL after `timeout`; always reaps."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process_group(self.proc, signal.SIGTERM, timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        """SIGKILL to its process group (a crash), and reap."""
+        if self.proc is not None:
+            stop_process_group(self.proc, signal.SIGKILL)

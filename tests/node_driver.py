@@ -160,6 +160,7 @@ class NodeDriver:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=_STREAM_LIMIT,
+            start_new_session=True,  # its own process group, killed as one (tests/conftest.py)
         )
         self.pid = self._proc.pid
         self._stdout_task = asyncio.create_task(self._read_stdout(), name=f"{self.label}-stdout")
@@ -186,9 +187,9 @@ class NodeDriver:
         try:
             await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
-            log.warning("%s: driver pid %s ignored exit, killing it", self.label, proc.pid)
+            log.warning("%s: driver pid %s ignored exit, killing its process group", self.label, proc.pid)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         for task in (self._stdout_task, self._stderr_task):
             if task is not None:

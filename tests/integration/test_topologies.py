@@ -44,7 +44,7 @@ import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.topology import NGINX_CONF, nginx_command, port_is_free, render_nginx_conf
-from tests.conftest import RedisServerProcess
+from tests.conftest import RedisServerProcess, stop_process_group
 from tests.gateway_process import REPO, GatewayProcess
 from tests.node_driver import NodeDriver
 from tests.ports import LOOPBACK, free_port, free_ports
@@ -72,7 +72,9 @@ REQUEST_CHANNEL = "socket.io-request#/#"
 
 
 class Daemon:
-    """A server process started here from an argv, ready when `ready()` says so, stopped by PID."""
+    """A server process started here from an argv, ready when `ready()` says so; it runs in a
+    process group of its own and is stopped through it, so what it forked (nginx workers) stops
+    with it."""
 
     def __init__(self, name: str, argv: list[str], workdir: Path, ready: Callable[[], bool]) -> None:
         self.name = name
@@ -88,7 +90,7 @@ class Daemon:
 
     def start(self, timeout: float = 10.0) -> "Daemon":
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -106,17 +108,9 @@ class Daemon:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        """`sig` to its process group (SIGKILL simulates a crash), SIGKILL after 5 s; reaps."""
+        if self.proc is not None:
+            stop_process_group(self.proc, sig, 5.0)
 
 
 def answers_ping(port: int) -> bool:
@@ -137,7 +131,7 @@ def accepts(port: int) -> bool:
 
 
 class Started:
-    """Everything one test started, stopped by PID at teardown (gateways first)."""
+    """Everything one test started, stopped by process group at teardown (gateways first)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
