@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 NODE_STAMP := tests/interop/node_modules/.package-lock.json
-CONFORMANCE ?= ../shared/conformance/run
+DEV_API_KEY := dev-key
 
 .PHONY: run test test-unit test-fast conformance install install-test clean
 
@@ -29,9 +29,12 @@ install: $(STAMP)
 install-test: $(TEST_STAMP) $(NODE_STAMP)
 
 ## run: a gateway on 127.0.0.1:3001 (PORT, HOST, REDIS_URL, ... override; see `sio-gateway --help`).
-## For a first look it runs with AUTH_MODE=none (it says so loudly); set AUTH_MODE=jwt + JWT_SECRET for real use.
+## For a first look it runs with AUTH_MODE=none (it says so loudly) and, unless API_KEYS is set, the
+## development API key `dev-key` (printed); set AUTH_MODE=jwt + JWT_SECRET and API_KEYS for real use.
+## `exec`: the gateway replaces the recipe's shell, so Ctrl-C stops it cleanly and make reports no error.
 run: $(STAMP)
-	AUTH_MODE=$${AUTH_MODE:-none} $(VENV)/bin/sio-gateway
+	@[ -n "$${API_KEYS:-}" ] || echo "make run: API_KEYS is unset; using the development key: curl -H 'Authorization: Bearer $(DEV_API_KEY)' ..."
+	AUTH_MODE=$${AUTH_MODE:-none} API_KEYS=$${API_KEYS:-$(DEV_API_KEY)} exec $(VENV)/bin/sio-gateway
 
 ## test: every test (unit, integration, interop, conformance suites)
 test: install-test
@@ -66,11 +69,12 @@ bench: $(BENCH_STAMP) $(BENCH_NODE_STAMP)
 
 ## cluster: on this machine, a redis-server, NODES gateway nodes (ports PORT, PORT+1, ...) and nginx
 ## in front on PROXY_PORT (the top-level nginx.conf rendered for those ports); prints the URL;
-## Ctrl-C stops everything it started. AUTH_MODE=none unless set, as for `make run`.
+## restarts a member that dies (with backoff); Ctrl-C stops everything it started and exits 0.
+## AUTH_MODE=none unless set, as for `make run`.
 NODES      ?= 3
 PROXY_PORT ?= 8080
 
 .PHONY: cluster
 
 cluster: $(STAMP)
-	AUTH_MODE=$${AUTH_MODE:-none} $(VENV)/bin/sio-gateway cluster --nodes $(NODES) --proxy-port $(PROXY_PORT)
+	AUTH_MODE=$${AUTH_MODE:-none} exec $(VENV)/bin/sio-gateway cluster --nodes $(NODES) --proxy-port $(PROXY_PORT)
