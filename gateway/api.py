@@ -4,6 +4,8 @@
     POST /api/disconnect    {"namespace"?: "/", "rooms": [..], "close"?: false}
     GET  /api/rooms/<room>?namespace=/      -> {"room", "namespace", "sockets"}   (cluster-wide)
     GET  /api/presence/<room>?namespace=/   -> {"room", "namespace", "users", "count"}
+                                               (503 {"ok": false, "error": "presence unavailable"}
+                                               while presence cannot be trusted)
 
 Every request carries `Authorization: Bearer <one of API_KEYS>`. Emits go through the namespace's
 adapter (`server.of(nsp).to(rooms).except_(..).emit(..)`), so with Redis every node delivers them,
@@ -24,6 +26,7 @@ from protocol.socketio import RESERVED_EVENTS
 
 from .adapter.base import AdapterError
 from .policy import PolicyError, room_name
+from .presence import PresenceUnavailable
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -193,6 +196,8 @@ class PublishApi:
         nsp = self._namespace(request.query.get("namespace"))
         try:
             users = await self.presence.users(nsp, room)
-        except (RedisError, OSError) as exc:
-            raise ApiError(503, "presence unavailable", str(exc)) from None
+        except (PresenceUnavailable, RedisError, OSError) as exc:
+            # Never a list that may be missing users: the caller can retry or fall back.
+            log.warning("api_presence_unavailable room=%s error=%r", room, exc)
+            return 503, {"ok": False, "error": "presence unavailable"}
         return 200, {"room": room, "namespace": nsp, "users": users, "count": len(users)}

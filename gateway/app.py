@@ -36,12 +36,13 @@ from .auth import TokenVerifier, Unauthorized, token_from_auth
 from .config import Settings
 from .limits import ConnectionGate, EventRateLimiter, LimitStats, Verdict
 from .policy import ClientEventPolicy, Grants, PolicyError, RoomPatterns, company_room, conversation_room, room_name
-from .presence import Presence, RedisPresence
+from .presence import Presence, PresenceCollector, PresenceUnavailable, RedisPresence
 from .server import ConnectionRefused, Namespace, Server, Socket
 
 log = logging.getLogger("gateway.app")
 
 FORBIDDEN = {"ok": False, "error": "forbidden"}
+PRESENCE_UNAVAILABLE = {"ok": False, "error": "presence unavailable"}
 RATE_LIMITED = {"ok": False, "error": "rate limited"}
 TOO_MANY_ROOMS = {"ok": False, "error": "too many rooms"}
 GRANTS_KEY = "_grants"  # socket.data slot between the auth middleware and the connection handler
@@ -85,8 +86,8 @@ class Member:
 
 
 class GatewayServer(Server):
-    """The Server, plus presence started and stopped with it (a clean stop tells the other nodes
-    at once instead of after the presence timeout)."""
+    """The Server, plus presence started and stopped with it (a stop hands this node's members
+    over to the cluster for the leave grace instead of announcing them gone at once)."""
 
     presence: Presence
     stats: GatewayStats
@@ -98,6 +99,7 @@ class GatewayServer(Server):
         registry = getattr(self, "metrics_registry", None)
         if registry is not None:
             registry.register(StandaloneCollector(self))
+            registry.register(PresenceCollector(self.presence))
         return bound
 
     async def close(self, reason: str = "server shutting down") -> None:
@@ -260,9 +262,9 @@ class Standalone:
             return {"ok": False, "error": "no presence for this room"}
         try:
             users = await self.server.presence.users(socket.nsp.name, room)
-        except (RedisError, OSError) as exc:  # Redis down: tell the client instead of leaving it waiting
+        except (PresenceUnavailable, RedisError, OSError) as exc:  # a list that may be wrong is worse than an error
             log.warning("presence_list_failed room=%s error=%r", room, exc)
-            return {"ok": False, "error": "unavailable"}
+            return PRESENCE_UNAVAILABLE
         return {"ok": True, "room": room, "users": users}
 
     # -- client events -------------------------------------------------------------------------
@@ -325,9 +327,11 @@ def build_gateway(settings: Settings) -> GatewayServer:
     server.stats = GatewayStats()
     app = Standalone(server, settings)
     if settings.redis_url:
-        server.presence = RedisPresence(app.announce, settings.redis_url, settings.redis_prefix, settings.presence_timeout_ms, settings=settings)
+        server.presence = RedisPresence(
+            app.announce, settings.redis_url, settings.redis_prefix, settings.presence_timeout_ms, settings=settings, leave_grace_ms=settings.presence_leave_grace_ms
+        )
     else:
-        server.presence = Presence(app.announce)
+        server.presence = Presence(app.announce, settings.presence_leave_grace_ms)
 
     if "/" not in settings.namespaces:
 

@@ -169,6 +169,9 @@ class Settings:
     client_events: tuple[str, ...] = setting("CLIENT_EVENTS", ("typing:conversation:*",), _client_events, "event:room-pattern rules: events clients may relay to a matching room they joined")
     presence_rooms: tuple[str, ...] = setting("PRESENCE_ROOMS", ("company:*", "conversation:*"), _list, "room patterns whose online users are tracked; empty = no presence")
     presence_timeout_ms: int = setting("PRESENCE_TIMEOUT_MS", 15000, _int(1000, 3_600_000), "a dead node's users leave presence within this time")
+    presence_leave_grace_ms: int = setting(
+        "PRESENCE_LEAVE_GRACE_MS", 5000, _int(0, 3_600_000), "a user's last tab out leaves presence only after this grace; a reconnect anywhere in the cluster meanwhile cancels it (0 = leave at once)"
+    )
     rate_limit_per_s: int = setting("RATE_LIMIT_EVENTS_PER_S", 20, _int(0, 1_000_000), "events a socket may send per second, sustained (token bucket refill); 0 = no limit")
     rate_limit_burst: int = setting("RATE_LIMIT_BURST", 40, _int(1, 1_000_000), "events a socket may send at once (token bucket size)")
     rate_limit_disconnect_after: int = setting("RATE_LIMIT_DISCONNECT_AFTER", 100, _int(0, 1_000_000), "close a connection after this many events dropped within 10 s; 0 = never")

@@ -30,6 +30,12 @@ def health(server: "Server") -> tuple[int, dict[str, Any]]:
     adapter_health = getattr(server.main.adapter, "health", None)
     links = adapter_health() if adapter_health else {"mode": "memory", "status": "healthy"}
     status = links.get("status", "healthy")
+    # The standalone gateway's presence: untrusted presence degrades the node but it still
+    # serves its local clients, so HTTP stays 200.
+    presence = getattr(server, "presence", None)
+    presence_health = presence.health() if presence is not None else None
+    if presence_health is not None and presence_health.get("status") == "degraded" and status == "healthy":
+        status = "degraded"
     if server.draining:
         status = "unhealthy"
     body = {
@@ -40,6 +46,8 @@ def health(server: "Server") -> tuple[int, dict[str, Any]]:
         "connections": len(server.engine.sessions),
         "draining": server.draining,
     }
+    if presence_health is not None:
+        body["presence"] = presence_health
     return (503 if status == "unhealthy" else 200), body
 
 

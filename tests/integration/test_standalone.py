@@ -269,7 +269,7 @@ async def test_publish_api_reaches_other_nodes(cluster: Cluster, http: aiohttp.C
 
 
 async def test_presence_across_nodes_and_node_death(redis_server: RedisServerProcess, tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    nodes = Cluster(redis_server, tmp_path).start()
+    nodes = Cluster(redis_server, tmp_path, PRESENCE_LEAVE_GRACE_MS="0").start()  # the SIGKILL bound below is the timeout alone
     clients: list[Client] = []
     try:
 
@@ -389,6 +389,7 @@ async def single_node() -> AsyncIterator[str]:
         max_rooms_per_socket=3,
         rate_limit_per_s=0,
         namespaces=("/", "/support"),
+        presence_leave_grace_ms=200,  # the leave awaited below comes after the grace
     )
     server = build_gateway(settings)
     port = await server.start()
