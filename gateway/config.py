@@ -155,6 +155,9 @@ class Settings:
     outbox_max_age_ms: int = setting("OUTBOX_MAX_AGE_MS", 10000, _int(0, 3_600_000), "oldest cross-node message replayed after an outage")
     watchdog_ms: int = setting("REDIS_WATCHDOG_MS", 3000, _int(200, 600_000), "rebuild a subscriber that stops receiving its own probes for this long")
     shutdown_deadline_ms: int = setting("SHUTDOWN_DEADLINE_MS", 10000, _int(100, 600_000), "graceful shutdown deadline on SIGTERM/SIGINT")
+    loop_stall_ms: int = setting(
+        "LOOP_STALL_MS", 10000, _int(0, 3_600_000), "exit with code 70 (for the supervisor to restart the node) when the event loop is blocked this long; 0 = no watchdog"
+    )
     # -- the standalone gateway (gateway/auth.py, policy.py, api.py, presence.py, limits.py) --
     auth_mode: str = setting("AUTH_MODE", "jwt", _choice("jwt", "none"), "jwt: clients must send auth {token}; none: anyone may connect and join any room (development only)")
     jwt_algorithm: str = setting("JWT_ALGORITHM", "HS256", _choice("HS256", "RS256", "ES256"), "algorithm tokens must be signed with (no other is accepted)")
@@ -215,6 +218,8 @@ class Settings:
     def validate(self) -> None:
         if self.ping_timeout_ms <= 0 or self.ping_interval_ms <= 0:
             raise ConfigError("PING_INTERVAL_MS and PING_TIMEOUT_MS must be positive")
+        if 0 < self.loop_stall_ms < 100:
+            raise ConfigError(f"LOOP_STALL_MS must be 0 (off) or at least 100, got {self.loop_stall_ms}")
         if self.auth_mode == "jwt":
             if self.jwt_algorithm == "HS256" and not self.jwt_secret:
                 raise ConfigError("JWT_SECRET is required with AUTH_MODE=jwt and JWT_ALGORITHM=HS256 (or set AUTH_MODE=none for development)")

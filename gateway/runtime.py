@@ -1,7 +1,8 @@
 """Running a server until a signal: event loop choice and graceful shutdown.
 
 Shared by the `sio-gateway` command, `bench.app` and the test apps, so every process behaves the
-same on SIGTERM/SIGINT.
+same on SIGTERM/SIGINT, and every process is watched by the loop-stall watchdog
+(gateway/ops/loop_watchdog.py, LOOP_STALL_MS) while it serves.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import asyncio
 import logging
 import signal
 from typing import Awaitable, Callable
+
+from .config import Settings
+from .ops.loop_watchdog import LoopStallWatchdog
 
 log = logging.getLogger("gateway.runtime")
 
@@ -25,22 +29,47 @@ def install_uvloop() -> bool:
     return True
 
 
-async def serve_until_signal(start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[object]], deadline: float = 10.0) -> None:
-    """Start, wait for SIGTERM or SIGINT, then stop within `deadline` seconds."""
+def loop_stall_ms_for(start: Callable[[], Awaitable[object]], loop_stall_ms: int | None = None) -> int:
+    """LOOP_STALL_MS for a process that serves `start`: the explicit value, else the settings of
+    the server whose `start` it is (every app passes `server.start`), else the default. This
+    keeps the watchdog on for every caller of `run` without each one having to pass it."""
+    if loop_stall_ms is not None:
+        return loop_stall_ms
+    settings = getattr(getattr(start, "__self__", None), "settings", None)
+    return settings.loop_stall_ms if isinstance(settings, Settings) else int(Settings.loop_stall_ms)
+
+
+async def serve_until_signal(
+    start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[object]], deadline: float = 10.0, loop_stall_ms: int | None = None
+) -> None:
+    """Start, wait for SIGTERM or SIGINT, then stop within `deadline` seconds; the loop-stall
+    watchdog runs from before `start` until `stop` is done, so a loop that hangs while serving
+    ends the process (exit code 70) instead of trapping its clients."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await start()
-    await stopping.wait()
-    log.info("shutdown_begin deadline_seconds=%s", deadline)
+    limit_ms = loop_stall_ms_for(start, loop_stall_ms)
+    watchdog = LoopStallWatchdog(loop, limit_ms) if limit_ms > 0 else None
+    if watchdog is not None:
+        watchdog.start()
     try:
-        await asyncio.wait_for(stop(), deadline)
-    except asyncio.TimeoutError:
-        log.error("shutdown_deadline_exceeded deadline_seconds=%s", deadline)
+        await start()
+        await stopping.wait()
+        log.info("shutdown_begin deadline_seconds=%s", deadline)
+        try:
+            await asyncio.wait_for(stop(), deadline)
+        except asyncio.TimeoutError:
+            log.error("shutdown_deadline_exceeded deadline_seconds=%s", deadline)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     log.info("shutdown_done")
 
 
-def run(start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[object]], deadline: float = 10.0) -> None:
+def run(
+    start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[object]], deadline: float = 10.0, loop_stall_ms: int | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT on uvloop; `loop_stall_ms` None = the server's LOOP_STALL_MS."""
     install_uvloop()
-    asyncio.run(serve_until_signal(start, stop, deadline))
+    asyncio.run(serve_until_signal(start, stop, deadline, loop_stall_ms))

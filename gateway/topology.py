@@ -46,12 +46,14 @@ def render_nginx_conf(template: str, upstream_ports: Sequence[int], listen_port:
     if block is None:
         raise TopologyError(f"no `upstream {UPSTREAM} {{ ... }}` block in the nginx configuration")
     body = block.group(2)
-    server_line = re.compile(r"^([ \t]*)server\s+[^;]+;[ \t]*(#.*)?\n", re.MULTILINE)
+    server_line = re.compile(r"^([ \t]*)server\s+\S+?(\s+[^;]*)?;[ \t]*(#.*)?\n", re.MULTILINE)
     found = server_line.search(body)
     if found is None:
         raise TopologyError(f"`upstream {UPSTREAM}` has no `server` line to replace")
     indent = found.group(1)
-    servers = "".join(f"{indent}server {host}:{port};\n" for port in upstream_ports)
+    # The first line's parameters (max_fails=..., fail_timeout=...) apply to every node.
+    params = " ".join((found.group(2) or "").split())
+    servers = "".join(f"{indent}server {host}:{port}{' ' + params if params else ''};\n" for port in upstream_ports)
     body = body[: found.start()] + servers + server_line.sub("", body[found.start():])
     text = template[: block.start(2)] + body + template[block.end(2):]
 

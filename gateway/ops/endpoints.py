@@ -14,6 +14,8 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from . import loop_watchdog
+
 if TYPE_CHECKING:
     from ..http import Request
     from ..server import Server
@@ -108,6 +110,8 @@ class GatewayCollector:
         packets.add_metric(["out"], engine.messages_out + a.deliveries)
         yield packets
         yield CounterMetricFamily("sio_gateway_volatile_dropped", "Volatile packets dropped for a busy transport", value=a.dropped_volatile)
+        yield CounterMetricFamily("sio_gateway_loop_lag_warnings", "Event-loop heartbeats late by half of LOOP_STALL_MS or more", value=loop_watchdog.stats.lag_warnings)
+        yield CounterMetricFamily("sio_gateway_loop_pauses", "Whole-process pauses (SIGSTOP, frozen VM) not held against the loop by the watchdog", value=loop_watchdog.stats.pauses)
         extra = getattr(server.main.adapter, "collect_metrics", None)
         if extra is not None:
             yield from extra()

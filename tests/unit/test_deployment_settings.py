@@ -145,11 +145,11 @@ def test_rendered_nginx_conf_keeps_the_project_file_and_swaps_ports(tmp_path: Pa
     start = text.index("upstream sio_gateway {")
     upstream = text[start : text.index("}", start)]
     assert [line.strip() for line in upstream.splitlines() if line.strip().startswith("server ")] == [
-        f"server 127.0.0.1:{port};" for port in (4001, 4002, 4003, 4004)
+        f"server 127.0.0.1:{port} max_fails=1 fail_timeout=30s;" for port in (4001, 4002, 4003, 4004)
     ]
-    assert "ip_hash;" in upstream and "keepalive" in upstream
+    assert "ip_hash;" in upstream and "keepalive" in upstream and "zone sio_gateway" in upstream
     assert "listen 127.0.0.1:4080;" in text and "listen 8080;" not in text
-    for directive in ("proxy_set_header Upgrade $http_upgrade;", "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;", "proxy_read_timeout 3600s;"):
+    for directive in ("proxy_set_header Upgrade $http_upgrade;", "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;", "proxy_read_timeout 60s;", "proxy_read_timeout 3s;"):
         assert directive in text
     assert f"proxy_temp_path {tmp_path / 'proxy'};" in text
 
