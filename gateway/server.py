@@ -69,18 +69,28 @@ def _rooms(value: Room | Iterable[Room]) -> list[Room]:
 
 
 class _Listener:
-    """A registered handler plus how to call it (whether it takes the `ack` keyword)."""
+    """A registered handler plus how to call it: whether it takes the `ack` keyword, and whether
+    its return value is the acknowledgement even when it is None (`on(event, fn, ack=True)`).
 
-    __slots__ = ("fn", "wants_ack", "is_async")
+    Without `ack=True` a handler returning None does not acknowledge, like a Node.js listener that
+    never calls its callback: the client's emitWithAck times out instead of getting an empty ack
+    it cannot tell from a real one."""
 
-    def __init__(self, fn: Handler) -> None:
+    __slots__ = ("fn", "wants_ack", "always_ack")
+
+    def __init__(self, fn: Handler, always_ack: bool = False) -> None:
         self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.always_ack = always_ack
         try:
             params = inspect.signature(fn).parameters.values()
         except (TypeError, ValueError):
             params = []  # type: ignore[assignment]
         self.wants_ack = any(p.name == "ack" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+# What `_run` returns for a handler that raised: not a value to acknowledge with, even for a
+# handler registered with `ack=True` (a Node.js listener that throws never calls its callback).
+_FAILED: Any = object()
 
 
 def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -90,7 +100,7 @@ def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         result = fn(*args, **kwargs)
     except Exception:
         log.exception("handler_failed handler=%s", getattr(fn, "__qualname__", fn))
-        return None
+        return _FAILED
     if inspect.isawaitable(result):
         task = asyncio.ensure_future(result)
         task.add_done_callback(_log_task_error)
@@ -292,11 +302,16 @@ class Socket:
 
     # -- handlers ------------------------------------------------------------------------------
 
-    def on(self, event: str, handler: Handler | None = None) -> Any:
-        """Register a handler (also usable as a decorator)."""
+    def on(self, event: str, handler: Handler | None = None, *, ack: bool = False) -> Any:
+        """Register a handler (also usable as a decorator, `@socket.on(event, ack=True)`).
+
+        When the client asks for an acknowledgement, it is sent if the handler calls its `ack`
+        parameter, or returns something other than None (a tuple for several arguments), or was
+        registered with `ack=True` (then None is sent as an empty ack). Otherwise the client's
+        ack times out, as with a Node.js listener that never calls its callback."""
 
         def register(fn: Handler) -> Handler:
-            self._listeners.setdefault(event, []).append(_Listener(fn))
+            self._listeners.setdefault(event, []).append(_Listener(fn, ack))
             return fn
 
         return register(handler) if handler is not None else register
@@ -436,15 +451,12 @@ class Socket:
             if packet.id is None:
                 _run(listener.fn, *args)
                 continue
-            ack = _Ack(self, packet.id)
-            if listener.wants_ack:
-                _run(listener.fn, *args, ack=ack)
-            elif listener.is_async:
-                task = _run(listener.fn, *args)
-                if task is not None:
-                    task.add_done_callback(ack.from_task)
+            ack = _Ack(self, packet.id, listener.always_ack)
+            result = _run(listener.fn, *args, ack=ack) if listener.wants_ack else _run(listener.fn, *args)
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(ack.from_task)
             else:
-                ack.from_result(_run(listener.fn, *args))
+                ack.from_result(result)
 
     # -- disconnecting -------------------------------------------------------------------------
 
@@ -468,7 +480,8 @@ class Socket:
         self._fire("disconnecting", reason)
         self.connected = False
         self.nsp._remove(self)
-        self.client.sockets.pop(self.nsp.name, None)
+        if self.client.sockets.get(self.nsp.name) is self:
+            del self.client.sockets[self.nsp.name]
         for callback, timer in self._acks.values():
             if timer is not None:
                 timer.cancel()
@@ -492,14 +505,17 @@ class _TimedSocket:
 
 
 class _Ack:
-    """The acknowledgement callable handed to a handler; sends the ACK once."""
+    """The acknowledgement of one client event: the callable handed to a handler that declares
+    `ack`, and the sink of the handler's return value. Sends the ACK at most once, whichever
+    comes first; a None result acknowledges only for handlers registered with `ack=True`."""
 
-    __slots__ = ("socket", "id", "sent")
+    __slots__ = ("socket", "id", "sent", "always")
 
-    def __init__(self, socket: Socket, ack_id: int) -> None:
+    def __init__(self, socket: Socket, ack_id: int, always: bool = False) -> None:
         self.socket = socket
         self.id = ack_id
         self.sent = False
+        self.always = always
 
     def __call__(self, *args: Any) -> None:
         if self.sent or not self.socket.connected:
@@ -509,10 +525,11 @@ class _Ack:
 
     def from_result(self, result: Any) -> None:
         if result is None:
-            self()
+            if self.always:
+                self()
         elif isinstance(result, tuple):
             self(*result)
-        else:
+        elif result is not _FAILED:
             self(result)
 
     def from_task(self, task: "asyncio.Future[Any]") -> None:
@@ -558,11 +575,13 @@ class Namespace:
         self._middlewares.append(middleware)
         return middleware
 
-    def on(self, event: str, handler: Handler | None = None) -> Any:
-        """`connection` and `disconnect` handlers, and server-side events from other nodes."""
+    def on(self, event: str, handler: Handler | None = None, *, ack: bool = False) -> Any:
+        """`connection` and `disconnect` handlers, and server-side events from other nodes. A
+        server-side event asking for an ack gets one by the same rule as `Socket.on`: the
+        handler calls `ack`, returns something other than None, or was registered `ack=True`."""
 
         def register(fn: Handler) -> Handler:
-            self._listeners.setdefault(event, []).append(_Listener(fn))
+            self._listeners.setdefault(event, []).append(_Listener(fn, ack))
             return fn
 
         return register(handler) if handler is not None else register
@@ -627,29 +646,43 @@ class Namespace:
         if not self._middlewares:
             self._admit(socket)
             return
+        # Pending while the middlewares run: the Client ignores a repeated CONNECT for this
+        # namespace meanwhile, so one connection never gets a second socket here.
+        client.add_pending(self.name, socket)
         asyncio.ensure_future(self._run_middlewares(socket))
 
     async def _run_middlewares(self, socket: Socket) -> None:
-        for middleware in self._middlewares:
-            try:
-                result = middleware(socket)
-                if inspect.isawaitable(result):
-                    await result
-            except ConnectionRefused as exc:
-                socket.client.refuse(self.name, exc.message, exc.data)
-                return
-            except Exception:
-                log.exception("middleware_failed nsp=%s", self.name)
-                socket.client.refuse(self.name, "server error", None)
-                return
-            if socket.client.closed:
-                return
+        client = socket.client
+        refusal: tuple[str, Any] | None = None
+        try:
+            for middleware in self._middlewares:
+                try:
+                    result = middleware(socket)
+                    if inspect.isawaitable(result):
+                        await result
+                except ConnectionRefused as exc:
+                    refusal = (exc.message, exc.data)
+                except Exception:
+                    log.exception("middleware_failed nsp=%s", self.name)
+                    refusal = ("server error", None)
+                if refusal is not None or client.closed:
+                    break
+        finally:
+            client.end_pending(self.name, socket)
+        if refusal is not None or client.closed:
+            # As socket.io's `_cleanup`: rooms a middleware joined leave with the socket, and a
+            # connection that closed meanwhile never admits it (nor hears of the refusal).
+            self.adapter.remove_all(socket)
+            if refusal is not None and not client.closed:
+                client.refuse(self.name, *refusal)
+            return
         self._admit(socket)
 
     def _admit(self, socket: Socket) -> None:
         client = socket.client
         if client.closed:
             return
+        client.joined_namespace()
         socket.connected = True
         self.sockets[socket.id] = socket
         client.sockets[self.name] = socket
@@ -671,19 +704,25 @@ class Namespace:
         """An event from another server (serverSideEmit). Its ack takes one argument."""
         event, args = data[0], data[1:]
         for listener in self._listeners.get(event, ()):
-            if ack is not None and listener.wants_ack:
-                _run(listener.fn, *args, ack=ack)
-            elif ack is not None:
-                result = _run(listener.fn, *args)
-                if isinstance(result, asyncio.Future):
-                    result.add_done_callback(lambda t: ack(t.result()) if not t.cancelled() and t.exception() is None else None)
-                else:
-                    ack(result)
-            else:
+            if ack is None:
                 _run(listener.fn, *args)
+                continue
+            result = _run(listener.fn, *args, ack=ack) if listener.wants_ack else _run(listener.fn, *args)
+            answer = functools.partial(_answer_server_side, ack, listener.always_ack)
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(lambda t, answer=answer: answer(t.result()) if not t.cancelled() and t.exception() is None else None)
+            else:
+                answer(result)
 
     def has_listener(self, event: str) -> bool:
         return bool(self._listeners.get(event))
+
+
+def _answer_server_side(ack: Callable[[Any], None], always: bool, result: Any) -> None:
+    """A server-side handler's return value as its (single-argument) ack, by `_Ack`'s rule."""
+    if result is _FAILED or (result is None and not always):
+        return
+    ack(result)
 
 
 # -- the connection: one engine session, several namespaces --------------------------------------
@@ -693,13 +732,16 @@ class Client:
     """The Socket.IO side of one Engine.IO session: decodes packets and routes them to the
     namespaces this connection joined."""
 
-    __slots__ = ("server", "session", "decoder", "sockets", "closed", "_connect_timer")
+    __slots__ = ("server", "session", "decoder", "sockets", "pending", "closed", "_connect_timer")
 
     def __init__(self, server: "Server", session: Session) -> None:
         self.server = server
         self.session = session
         self.decoder = sio.Decoder(max_buffer=server.settings.max_payload)
         self.sockets: dict[str, Socket] = {}
+        # Sockets whose middlewares still run, by namespace name; None while there are none
+        # (most connections, most of the time: no dict per idle connection).
+        self.pending: dict[str, Socket] | None = None
         self.closed = False
         self._connect_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             server.settings.connect_timeout_ms / 1000, self._connect_timed_out
@@ -755,17 +797,51 @@ class Client:
         socket._on_packet(packet)
 
     def _on_connect(self, packet: sio.Packet) -> None:
-        if packet.nsp in self.sockets:
-            return  # already connected to it; socket.io ignores a repeated CONNECT
-        auth = packet.data if isinstance(packet.data, dict) else {}
-        nsp = self.server._namespace_for(packet.nsp, auth)
-        if nsp is None:
-            self.refuse(packet.nsp, "Invalid namespace", None)
+        """At most one socket per namespace per connection, admitted or pending. As socket.io
+        4.8 (`Client.ondecoded`): a CONNECT for a namespace already joined is an invalid state
+        and closes the connection. A CONNECT while the namespace's middlewares still run is
+        ignored (socket.io would start a second socket there, which is how one connection
+        piled up hundreds of sockets that outlived it); the pending one answers."""
+        if self.closed:
             return
+        name = packet.nsp
+        if name in self.sockets:
+            self.server.engine.count_bad_packet("socketio")
+            log.info("sio_repeated_connect sid=%s nsp=%s action=close", self.session.sid, name)
+            self.close("forced server close")
+            return
+        if self.pending is not None and name in self.pending:
+            self.server.engine.count_bad_packet("socketio")
+            log.debug("sio_repeated_connect sid=%s nsp=%s action=ignore", self.session.sid, name)
+            return
+        auth = packet.data if isinstance(packet.data, dict) else {}
+        nsp = self.server._namespace_for(name, auth)
+        if nsp is None:
+            self.refuse(name, "Invalid namespace", None)
+            return
+        nsp._add(self, auth)
+
+    def add_pending(self, name: str, socket: Socket) -> None:
+        """A socket of namespace `name` is waiting for its middlewares."""
+        if self.pending is None:
+            self.pending = {}
+        self.pending[name] = socket
+
+    def end_pending(self, name: str, socket: Socket) -> None:
+        """The middlewares of `socket` are done (admitted, refused or the connection closed)."""
+        pending = self.pending
+        if pending is not None and pending.get(name) is socket:
+            del pending[name]
+            if not pending:
+                self.pending = None
+
+    def joined_namespace(self) -> None:
+        """A socket was admitted: the connect timeout no longer applies. As socket.io, only an
+        admitted socket stops it, so a connection whose CONNECTs are all refused still closes
+        after CONNECT_TIMEOUT_MS instead of staying open with no namespace."""
         if self._connect_timer is not None:
             self._connect_timer.cancel()
             self._connect_timer = None
-        nsp._add(self, auth)
 
     def refuse(self, nsp: str, message: str, data: Any) -> None:
         text, binaries = sio.encode(sio.connect_error(nsp, message, data))
@@ -779,6 +855,12 @@ class Client:
         for socket in list(self.sockets.values()):
             socket._on_close(reason)
         self.sockets.clear()
+        # Pending sockets are never admitted now (their middleware run checks `closed`); drop
+        # any room a middleware already joined them to.
+        pending, self.pending = self.pending, None
+        if pending:
+            for socket in pending.values():
+                socket.nsp.adapter.remove_all(socket)
         self.decoder.reset()
 
     def close(self, reason: str) -> None:
@@ -874,8 +956,8 @@ class Server:
     def main(self) -> Namespace:
         return self.namespaces["/"]
 
-    def on(self, event: str, handler: Handler | None = None) -> Any:
-        return self.main.on(event, handler)
+    def on(self, event: str, handler: Handler | None = None, *, ack: bool = False) -> Any:
+        return self.main.on(event, handler, ack=ack)
 
     def use(self, middleware: Middleware) -> Middleware:
         return self.main.use(middleware)

@@ -20,7 +20,8 @@ Beyond the Node contract, for single-node tests:
 - `server-ack` (payload, ack): the server emits `question` (payload) to the client with an ack
   and acknowledges with the client's answer (`{"error": "timeout"}` after 5 s);
 - `whoami` (ack): acknowledges `{"id", "nsp", "rooms", "data"}`, so a client can see what the
-  server stored in `socket.data` without a cluster to fetch it through.
+  server stored in `socket.data` without a cluster to fetch it through;
+- the acknowledgement rule, on `/` (see `install_ack_probes`).
 """
 
 from __future__ import annotations
@@ -137,7 +138,60 @@ def build(settings: Settings) -> Server:
     install_contract(server.of(DYNAMIC_NAMESPACES))
     install_resilience_probes(server)
     install_cluster_events(server)
+    install_ack_probes(server)
     return server
+
+
+def install_ack_probes(server: Server) -> None:
+    """Events on `/` for the acknowledgement rule (an ack only when the handler calls `ack`,
+    returns something other than None, or was registered `ack=True`), so a client that asks for
+    an ack sees what a Node.js listener would do:
+
+    - `returns-none`, `returns-none-async` (*args): no `ack` parameter, return None: never ack;
+    - `returns-value` (*args): returns `{"got": args}`; `returns-tuple-async`: returns
+      `("a", 1)`, two ack arguments;
+    - `ack-true-none`, `ack-true-none-async`: registered `ack=True`, return None: an empty ack;
+    - `ack-true-raises`: registered `ack=True`, raises: never acks;
+    - `acks-twice`: calls `ack("first")` and `ack("second")` and returns `"third"`: one ack, `first`.
+    """
+    main = server.of("/")
+
+    @main.on("connection")
+    def connected(socket: Socket) -> None:
+        @socket.on("returns-none")
+        def returns_none(*args: Any) -> None:
+            return None
+
+        @socket.on("returns-none-async")
+        async def returns_none_async(*args: Any) -> None:
+            return None
+
+        @socket.on("returns-value")
+        def returns_value(*args: Any) -> dict[str, Any]:
+            return {"got": list(args)}
+
+        @socket.on("returns-tuple-async")
+        async def returns_tuple_async(*args: Any) -> tuple[str, int]:
+            return ("a", 1)
+
+        @socket.on("ack-true-none", ack=True)
+        def ack_true_none(*args: Any) -> None:
+            return None
+
+        @socket.on("ack-true-none-async", ack=True)
+        async def ack_true_none_async(*args: Any) -> None:
+            return None
+
+        @socket.on("ack-true-raises", ack=True)
+        def ack_true_raises(*args: Any) -> None:
+            raise RuntimeError("ack-true-raises fails on purpose")
+
+        @socket.on("acks-twice")
+        def acks_twice(*args: Any, ack: Callable[..., None] | None = None) -> str:
+            if ack is not None:
+                ack("first")
+                ack("second")
+            return "third"
 
 
 def install_resilience_probes(server: Server) -> None:

@@ -237,3 +237,30 @@ async def test_reconnects_after_server_restart(
     assert me[0]["data"]["auth"] == {"user": "p"}, "the auth payload is sent again on reconnection"
     assert await node.call("client.emit", name="phoenix", event="echo", args=[b"back"], ack=True) == [b"back"]
     assert second.pid is not None
+
+
+# How long a client waits for an ack that must never come; every positive ack of the same test
+# arrives within milliseconds on loopback.
+ACK_TIMEOUT_MS = 300
+
+
+async def test_acks_only_when_the_handler_gives_one(node: NodeDriver, gateway: GatewayProcess) -> None:
+    """As with a Node.js listener that never calls its callback, a handler that returns None
+    without calling `ack` does not acknowledge: socket.io-client's "should fail when the server
+    does not acknowledge the packet" holds (emit with an ack and a timeout gets the timeout
+    error). Returning a value acknowledges with it; `ack=True` acknowledges None as an empty ack;
+    calling `ack` twice acknowledges once, with the first arguments."""
+    await connect(node, gateway, "websocket", "acker", "/")
+    for event in ("returns-none", "returns-none-async", "ack-true-raises"):
+        with pytest.raises(NodeCallError) as timed_out:
+            await node.call("client.emit", name="acker", event=event, args=[1], ack=True, timeout=ACK_TIMEOUT_MS)
+        assert timed_out.value.message == "operation has timed out", (event, timed_out.value)
+
+    assert await node.call("client.emit", name="acker", event="returns-value", args=[1, "x"], ack=True) == [{"got": [1, "x"]}]
+    assert await node.call("client.emit", name="acker", event="returns-tuple-async", ack=True) == ["a", 1]
+    assert await node.call("client.emit", name="acker", event="ack-true-none", args=[1], ack=True) == []
+    assert await node.call("client.emit", name="acker", event="ack-true-none-async", ack=True) == []
+    assert await node.call("client.emit", name="acker", event="acks-twice", ack=True) == ["first"]
+    # an emit without an ack still reaches a handler that returns nothing, and nothing comes back
+    await node.call("client.emit", name="acker", event="returns-none", args=[2])
+    assert await node.call("client.emit", name="acker", event="echo", args=["still here"], ack=True) == ["still here"]

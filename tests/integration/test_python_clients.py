@@ -20,6 +20,7 @@ import pytest
 import socketio
 
 from tests.gateway_process import GatewayProcess
+from tests.integration.test_encode_once import RawClient
 
 APP = "tests.sio_app"
 EVENT_TIMEOUT = 5.0
@@ -292,3 +293,44 @@ async def test_reconnects_after_server_restart(clients: ClientPool, start_gatewa
         me = await client.call("whoami", namespace=nsp, timeout=CALL_TIMEOUT)
         assert me["data"]["auth"] == {"user": "p"}
     assert await client.call("echo", b"back", namespace="/chat", timeout=CALL_TIMEOUT) == b"back"
+
+
+# How long a call waits for an ack that must never come; the positive acks arrive within
+# milliseconds on loopback.
+NO_ACK_TIMEOUT_S = 0.3
+
+
+async def test_acks_only_when_the_handler_gives_one(gateway: GatewayProcess) -> None:
+    """The acknowledgement rule seen by python-socketio: `call` on a handler that returns None
+    without calling `ack` raises TimeoutError (as against a Node.js listener that never calls its
+    callback); a returned value is the answer; `ack=True` answers None with an empty ack (which
+    `call` returns as None); a handler calling `ack` twice is acknowledged once, on the wire."""
+    pool = ClientPool(["websocket"])
+    try:
+        client, rec = await pool.connect(gateway.url, ["/"])
+        await welcomed(client, rec, "/")
+        for event in ("returns-none", "returns-none-async", "ack-true-raises"):
+            with pytest.raises(socketio.exceptions.TimeoutError):
+                await client.call(event, 1, timeout=NO_ACK_TIMEOUT_S)
+        assert await client.call("returns-value", (1, "x"), timeout=CALL_TIMEOUT) == {"got": [1, "x"]}
+        assert await client.call("returns-tuple-async", timeout=CALL_TIMEOUT) == ("a", 1)
+        assert await client.call("ack-true-none", timeout=CALL_TIMEOUT) is None
+        assert await client.call("ack-true-none-async", timeout=CALL_TIMEOUT) is None
+        assert await client.call("acks-twice", timeout=CALL_TIMEOUT) == "first"
+    finally:
+        await pool.close()
+
+    raw = await RawClient.open(gateway.port)
+    try:
+        await raw.connect_nsp("/")
+        await raw.ws.send('427["acks-twice"]')
+        await raw.ws.send('428["ack-true-none"]')
+        acks: list[str | bytes] = []
+        with contextlib.suppress(asyncio.TimeoutError):
+            while True:
+                message = await raw.recv(SILENCE_S)
+                if isinstance(message, str) and message.startswith("43"):
+                    acks.append(message)
+        assert acks == ['437["first"]', "438[]"]
+    finally:
+        await raw.close()
