@@ -78,8 +78,9 @@ def parse_cluster_args(argv: list[str]) -> argparse.Namespace:
         description=(
             "A local cluster on 127.0.0.1: a redis-server on a free port, N gateway nodes on consecutive "
             "ports, nginx in front (the top-level nginx.conf rendered for those ports). Prints the URL; "
-            "Ctrl-C or SIGTERM stops everything it started. The nodes take every other setting from the "
-            "environment (e.g. AUTH_MODE, JWT_SECRET), as `sio-gateway` does."
+            "a member that dies is restarted (CLUSTER_RESTART_INITIAL_MS doubling to CLUSTER_RESTART_MAX_MS, "
+            "one line each); Ctrl-C or SIGTERM stops everything it started and exits 0. The nodes take every "
+            "other setting from the environment (e.g. AUTH_MODE, JWT_SECRET), as `sio-gateway` does."
         ),
     )
     parser.add_argument("--nodes", type=int, default=3, help="gateway nodes [3]")
@@ -92,7 +93,9 @@ def parse_cluster_args(argv: list[str]) -> argparse.Namespace:
 
 
 def cluster_main(argv: list[str]) -> int:
-    """`sio-gateway cluster`: start, report, wait for Ctrl-C/SIGTERM or a child's death, stop."""
+    """`sio-gateway cluster`: start, report, restart members that die (so a SIGKILLed node shows
+    a failover instead of ending the demo), and on Ctrl-C/SIGTERM stop everything and exit 0 (a
+    clean stop is not an error, so `make cluster` reports none)."""
     from .topology import LocalCluster, TopologyError
 
     args = parse_cluster_args(argv)
@@ -116,6 +119,8 @@ def cluster_main(argv: list[str]) -> int:
         redis_url=args.redis_url,
         nginx_conf=args.nginx_conf,
         node_stop_timeout=settings.shutdown_deadline_ms / 1000 + 2,
+        restart_initial=settings.cluster_restart_initial_ms / 1000,
+        restart_max=settings.cluster_restart_max_ms / 1000,
     )
     stopping = threading.Event()
 
@@ -123,7 +128,6 @@ def cluster_main(argv: list[str]) -> int:
         stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    code = 0
     try:
         try:
             cluster.start(interrupted=stopping.is_set)
@@ -137,22 +141,24 @@ def cluster_main(argv: list[str]) -> int:
         out.write(f"URL: {cluster.url}\n")
         out.write("Ctrl-C stops everything.\n")
         out.flush()
+
+        def announce(line: str) -> None:
+            out.write(line + "\n")
+            out.flush()
+
         while not stopping.wait(0.2):
-            dead = cluster.exited()
-            if dead is not None:
-                log.error("cluster_member_exited label=%r pid=%d code=%s log=%s", dead.label, dead.pid, dead.proc.returncode, dead.log_path)
-                sys.stderr.write(f"{dead.label} exited with {dead.proc.returncode}:\n{dead.log_tail()}\n")
-                code = 1
-                break
+            cluster.restart_exited(announce)
     finally:
         cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if code == 0 and args.workdir is None:
+    # The logs of a member that died are worth keeping; a clean run leaves no temporary directory.
+    restarted = any(process.restarts for process in cluster.processes)
+    if not restarted and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
-    sys.stdout.write("sio-gateway cluster: stopped\n" if code == 0 else f"sio-gateway cluster: stopped; logs kept in {workdir}\n")
+    sys.stdout.write(f"sio-gateway cluster: stopped; logs kept in {workdir}\n" if restarted else "sio-gateway cluster: stopped\n")
     sys.stdout.flush()
-    return code
+    return 0
 
 
 if __name__ == "__main__":

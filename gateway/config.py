@@ -193,6 +193,10 @@ class Settings:
     redis_tls_cert_file: str | None = setting("REDIS_TLS_CERT_FILE", None, _optional, "PEM client certificate for Redis (with REDIS_TLS_KEY_FILE), when Redis requires one")
     redis_tls_key_file: str | None = setting("REDIS_TLS_KEY_FILE", None, _optional, "PEM private key of REDIS_TLS_CERT_FILE")
     redis_tls_insecure: bool = setting("REDIS_TLS_INSECURE", False, _bool, "true = do not verify the Redis server certificate (development only; logged loudly)")
+    cluster_restart_initial_ms: int = setting(
+        "CLUSTER_RESTART_INITIAL_MS", 500, _int(10, 600_000), "`sio-gateway cluster`: wait before restarting a member that died; doubled for each further death of a member that had not stayed up CLUSTER_RESTART_MAX_MS"
+    )
+    cluster_restart_max_ms: int = setting("CLUSTER_RESTART_MAX_MS", 10000, _int(10, 3_600_000), "`sio-gateway cluster`: longest wait before a restart (the doubling stops there)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -218,6 +222,8 @@ class Settings:
     def validate(self) -> None:
         if self.ping_timeout_ms <= 0 or self.ping_interval_ms <= 0:
             raise ConfigError("PING_INTERVAL_MS and PING_TIMEOUT_MS must be positive")
+        if self.cluster_restart_initial_ms > self.cluster_restart_max_ms:
+            raise ConfigError(f"CLUSTER_RESTART_INITIAL_MS ({self.cluster_restart_initial_ms}) must not exceed CLUSTER_RESTART_MAX_MS ({self.cluster_restart_max_ms})")
         if 0 < self.loop_stall_ms < 100:
             raise ConfigError(f"LOOP_STALL_MS must be 0 (off) or at least 100, got {self.loop_stall_ms}")
         if self.auth_mode == "jwt":

@@ -775,7 +775,16 @@ class Client:
             packet = self.decoder.feed(data)
         except ProtocolError as exc:
             self.server.engine.count_bad_packet("socketio")
-            log.info("sio_bad_packet sid=%s error=%r", self.session.sid, str(exc))
+            log.info("sio_bad_packet sid=%s error=%r", self.session.sid, str(exc)[:200])
+            self.close("parse error")
+            return
+        except Exception as exc:
+            # The decoder's contract is ProtocolError only; anything else is a decoder bug that a
+            # client found. It must cost that client its session like any bad packet, not drop the
+            # TCP connection without a close frame (WebSocket) or leave the session open (polling).
+            self.decoder.reset()
+            self.server.engine.count_bad_packet("socketio")
+            log.warning("sio_decoder_failed sid=%s exc_type=%s error=%r", self.session.sid, type(exc).__name__, str(exc)[:200])
             self.close("parse error")
             return
         if packet is None:

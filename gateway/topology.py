@@ -3,7 +3,10 @@ local cluster of `sio-gateway cluster` (redis-server, N gateway nodes, nginx in 
 
 The rendered nginx configuration is the top-level nginx.conf with only its upstream `server`
 lines, its `listen` line and local file paths replaced, so the tests and the local cluster run
-what production runs. Every process the cluster starts is remembered by PID and stopped by PID.
+what production runs. Every process the cluster starts leads a process group of its own and is
+stopped through it (so nginx's workers go with their master). A member that dies is restarted
+after a backoff (`CLUSTER_RESTART_INITIAL_MS` doubling to `CLUSTER_RESTART_MAX_MS`), so the local
+cluster can show a failover instead of stopping at the first death.
 """
 
 from __future__ import annotations
@@ -128,22 +131,50 @@ def _answers_health(url: str) -> bool:
 
 @dataclass
 class ClusterProcess:
-    """One process the local cluster started."""
+    """One process the local cluster started, with what it takes to start it again."""
 
     role: str  # "redis", "node", "nginx"
     label: str
     address: str
     log_path: Path
     proc: subprocess.Popen[bytes]
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 5.0
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    restart_delay: float = 0.0  # the last backoff used; 0 = none yet
+    restart_at: float | None = None  # it died: when it is started again
+    exit_code: int | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def running(self) -> bool:
-        return self.proc.poll() is None
+        """Alive; an exited process is left unreaped (a zombie), so that its PID is still its
+        process group's id when `reap` sweeps what it leaves behind."""
+        if self.proc.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        """`sig` to the process and everything in its group (it leads one: its own session)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def reap(self) -> int | None:
+        """After it exited: SIGKILL whatever of its group outlived it (nginx workers of a killed
+        master would keep the port), then collect its exit status."""
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        return self.proc.returncode
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -172,6 +203,8 @@ class LocalCluster:
     nginx: str = field(default_factory=lambda: shutil.which("nginx") or "/usr/sbin/nginx")
     redis_server: str | None = field(default_factory=lambda: shutil.which("redis-server"))
     node_stop_timeout: float = 12.0
+    restart_initial: float = 0.5
+    restart_max: float = 10.0
     processes: list[ClusterProcess] = field(default_factory=list)
 
     @property
@@ -182,13 +215,17 @@ class LocalCluster:
     def url(self) -> str:
         return f"http://{self.host}:{self.proxy_port}"
 
-    def _spawn(self, role: str, label: str, address: str, argv: list[str], env: Mapping[str, str] | None = None, **stop: float) -> ClusterProcess:
-        log_path = self.workdir / f"{label.replace(' ', '-')}.log"
+    def _popen(self, argv: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as out:
             # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the
             # children in order (nginx, nodes, Redis) instead of all at once.
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env or os.environ), cwd=self.workdir, start_new_session=True)
-        process = ClusterProcess(role, label, address, log_path, proc, **stop)  # type: ignore[arg-type]
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env), cwd=self.workdir, start_new_session=True)
+
+    def _spawn(self, role: str, label: str, address: str, argv: list[str], env: Mapping[str, str] | None = None, **stop: float) -> ClusterProcess:
+        log_path = self.workdir / f"{label.replace(' ', '-')}.log"
+        env = dict(env or os.environ)
+        proc = self._popen(argv, env, log_path)
+        process = ClusterProcess(role, label, address, log_path, proc, argv, env, **stop)  # type: ignore[arg-type]
         self.processes.append(process)
         log.info("cluster_started role=%s label=%r pid=%d address=%s", role, label, proc.pid, address)
         return process
@@ -197,7 +234,7 @@ class LocalCluster:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not process.running():
-                raise TopologyError(f"{process.label} exited with {process.proc.returncode}:\n{process.log_tail()}")
+                raise TopologyError(f"{process.label} exited with {process.reap()}:\n{process.log_tail()}")
             if interrupted():
                 raise TopologyError("interrupted while starting")
             if ready():
@@ -265,12 +302,42 @@ class LocalCluster:
         nginx = self._spawn("nginx", "nginx", self.url, nginx_command(self.nginx, prefix, conf))
         self._wait(nginx, lambda: _accepts(self.host, self.proxy_port), interrupted)
 
-    def exited(self) -> ClusterProcess | None:
-        """A process that stopped on its own (the cluster is then incomplete)."""
+    def restart_exited(self, announce: Callable[[str], None], now: float | None = None) -> None:
+        """Restart the members that died, each after its backoff: `restart_initial`, doubled for
+        every death of a member that had not stayed up `restart_max`, at most `restart_max`.
+        Called periodically; `announce` gets one line per restart."""
+        now = time.monotonic() if now is None else now
         for process in self.processes:
-            if not process.running():
-                return process
-        return None
+            if process.restart_at is None:
+                if process.running():
+                    continue
+                process.exit_code = process.reap()
+                stayed_up = now - process.started_at
+                if process.restart_delay == 0.0 or stayed_up >= self.restart_max:
+                    process.restart_delay = self.restart_initial
+                else:
+                    process.restart_delay = min(self.restart_max, process.restart_delay * 2)
+                process.restart_at = now + process.restart_delay
+                log.warning(
+                    "cluster_member_exited label=%r pid=%d code=%s up_seconds=%.1f restart_in_seconds=%.1f log=%s",
+                    process.label, process.pid, process.exit_code, stayed_up, process.restart_delay, process.log_path,
+                )  # fmt: skip
+            elif now >= process.restart_at:
+                old_pid = process.pid
+                try:
+                    process.proc = self._popen(process.argv, process.env, process.log_path)
+                except OSError as exc:
+                    process.restart_at = now + process.restart_delay
+                    log.error("cluster_restart_failed label=%r error=%r", process.label, str(exc))
+                    continue
+                process.restarts += 1
+                process.started_at = now
+                process.restart_at = None
+                log.info("cluster_restarted label=%r pid=%d restarts=%d", process.label, process.pid, process.restarts)
+                announce(
+                    f"sio-gateway cluster: {process.label} (pid {old_pid}) exited with {process.exit_code}; "
+                    f"restarted after {process.restart_delay:.1f}s as pid {process.pid} (restart {process.restarts})"
+                )
 
     def stop(self) -> None:
         """Stop every started process by PID, the front first: nginx, the nodes (graceful, they
@@ -279,17 +346,15 @@ class LocalCluster:
         for role in sorted({p.role for p in self.processes}, key=order.__getitem__):
             group = [p for p in self.processes if p.role == role and p.running()]
             for process in group:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, process.stop_signal)
+                process.signal_group(process.stop_signal)
             for process in group:
-                try:
-                    process.proc.wait(process.stop_timeout)
-                except subprocess.TimeoutExpired:
+                deadline = time.monotonic() + process.stop_timeout
+                while process.running() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if process.running():
                     log.warning("cluster_kill label=%r pid=%d (did not stop within %.0fs)", process.label, process.pid, process.stop_timeout)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, signal.SIGKILL)
-                    process.proc.wait(5)
+                process.reap()  # SIGKILL to its group, whatever is left of it, then collect it
                 log.info("cluster_stopped label=%r pid=%d code=%s", process.label, process.pid, process.proc.returncode)
-        for process in self.processes:  # reap the ones that had already exited
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.proc.wait(0)
+        for process in self.processes:  # the ones that had already exited, and what they left
+            if process.proc.returncode is None:
+                process.reap()
