@@ -37,6 +37,19 @@ RESERVED_EVENTS = frozenset(
 
 _BINARY_TYPES = (bytes, bytearray, memoryview)
 
+# Bounds on what one packet may ask of us. Socket.IO ack ids are JavaScript numbers: past
+# Number.MAX_SAFE_INTEGER a Node peer could not even tell two ids apart, and an unbounded digit
+# run would reach int()'s 4,300-digit limit (a ValueError, not a protocol error).
+MAX_ACK_ID = 2**53 - 1
+_MAX_ACK_ID_DIGITS = len(str(MAX_ACK_ID))  # 16
+# Attachments announced by one BINARY_* packet. Each costs a buffered message even when empty,
+# which `max_buffer` (bytes) alone does not bound.
+MAX_ATTACHMENTS = 64
+# Nesting levels our own walkers (has_binary, placeholders) follow. orjson encodes at most 254
+# levels, so nothing deeper could be sent back anyway; the walkers must stop before the
+# interpreter's recursion limit does it for them with a RecursionError.
+MAX_DEPTH = 254
+
 
 @dataclass(slots=True)
 class Packet:
@@ -55,30 +68,46 @@ class Packet:
 # -- encoding -----------------------------------------------------------------------------------
 
 
-def has_binary(value: Any) -> bool:
-    """True if any bytes-like value is nested anywhere in `value`."""
+def has_binary(value: Any, _depth: int = 1) -> bool:
+    """True if any bytes-like value is nested anywhere in `value`.
+
+    Raises SocketIOError past MAX_DEPTH levels: such a value cannot be encoded anyway, and the
+    walk must not end in a RecursionError.
+    """
     if isinstance(value, _BINARY_TYPES):
         return True
     if isinstance(value, (list, tuple)):
+        if _depth > MAX_DEPTH:
+            raise SocketIOError(f"value nested deeper than {MAX_DEPTH} levels cannot be sent")
         for item in value:
-            if has_binary(item):
+            if has_binary(item, _depth + 1):
                 return True
         return False
     if isinstance(value, dict):
+        if _depth > MAX_DEPTH:
+            raise SocketIOError(f"value nested deeper than {MAX_DEPTH} levels cannot be sent")
         for item in value.values():
-            if has_binary(item):
+            if has_binary(item, _depth + 1):
                 return True
     return False
 
 
 def _deconstruct(value: Any, buffers: list[bytes]) -> Any:
+    # Plain loops rather than comprehensions: one interpreter frame per level, not two. Only
+    # values has_binary() already walked (so at most MAX_DEPTH deep) come here.
     if isinstance(value, _BINARY_TYPES):
         buffers.append(bytes(value))
         return {"_placeholder": True, "num": len(buffers) - 1}
     if isinstance(value, (list, tuple)):
-        return [_deconstruct(v, buffers) for v in value]
+        out = []
+        for item in value:
+            out.append(_deconstruct(item, buffers))
+        return out
     if isinstance(value, dict):
-        return {k: _deconstruct(v, buffers) for k, v in value.items()}
+        copy = {}
+        for key, item in value.items():
+            copy[key] = _deconstruct(item, buffers)
+        return copy
     return value
 
 
@@ -146,9 +175,19 @@ def _valid_payload(ptype: PacketType, payload: Any, has_payload: bool) -> bool:
     return isinstance(payload, list)
 
 
-def decode_text(text: str) -> Packet:
+def _short(value: Any, limit: int = 40) -> str:
+    """A repr of client-supplied input short enough for an error message (and so a log line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def decode_text(text: str, max_attachments: int = MAX_ATTACHMENTS) -> Packet:
     """Decode the text part of a packet. BINARY_* packets come back with `attachments` set and
-    placeholders still in `data`; use `Decoder` to reassemble them."""
+    placeholders still in `data`; use `Decoder` to reassemble them.
+
+    Raises SocketIOError (a ProtocolError) and nothing else for any input: numbers are bounded by
+    the length of their digit run before int() sees them, so the checks cost O(1) per packet.
+    """
     n = len(text)
     if n == 0:
         raise SocketIOError("empty packet")
@@ -159,11 +198,13 @@ def decode_text(text: str) -> Packet:
     i = 1
     attachments = 0
     if ptype in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
-        dash = text.find("-", i)
+        dash = text.find("-", i, i + len(str(max_attachments)) + 1)
         digits = text[i:dash] if dash != -1 else ""
         if not digits.isdigit() or not digits.isascii():
             raise SocketIOError("invalid attachment count")
         attachments = int(digits)
+        if attachments > max_attachments:
+            raise SocketIOError(f"{attachments} attachments announced, at most {max_attachments} allowed")
         i = dash + 1
     nsp = "/"
     if i < n and text[i] == "/":
@@ -176,10 +217,17 @@ def decode_text(text: str) -> Packet:
             i = comma + 1
     pid = None
     j = i
-    while j < n and "0" <= text[j] <= "9":
+    end = i + _MAX_ACK_ID_DIGITS + 1  # one digit past the limit is enough to refuse
+    if end > n:
+        end = n
+    while j < end and "0" <= text[j] <= "9":
         j += 1
     if j > i:
+        if j - i > _MAX_ACK_ID_DIGITS:
+            raise SocketIOError(f"ack id longer than {_MAX_ACK_ID_DIGITS} digits")
         pid = int(text[i:j])
+        if pid > MAX_ACK_ID:
+            raise SocketIOError(f"ack id above {MAX_ACK_ID}")
         i = j
     has_payload = i < n
     payload = None
@@ -202,16 +250,42 @@ def decode_text(text: str) -> Packet:
     return Packet(ptype, nsp, payload, pid, attachments)
 
 
-def _reconstruct(value: Any, buffers: list[bytes]) -> Any:
-    if isinstance(value, list):
-        return [_reconstruct(v, buffers) for v in value]
-    if isinstance(value, dict):
-        if value.get("_placeholder") is True:
-            num = value.get("num")
-            if not isinstance(num, int) or isinstance(num, bool) or not 0 <= num < len(buffers):
-                raise SocketIOError(f"placeholder refers to missing attachment {num!r}")
-            return buffers[num]
-        return {k: _reconstruct(v, buffers) for k, v in value.items()}
+def _attachment(placeholder: dict[str, Any], buffers: list[bytes]) -> bytes:
+    num = placeholder.get("num")
+    if not isinstance(num, int) or isinstance(num, bool) or not 0 <= num < len(buffers):
+        raise SocketIOError(f"placeholder refers to missing attachment {_short(num)}")
+    return buffers[num]
+
+
+def _is_placeholder(value: dict[str, Any]) -> bool:
+    return value.get("_placeholder") is True
+
+
+def _reconstruct(value: Any, buffers: list[bytes], max_depth: int = MAX_DEPTH) -> Any:
+    """Replace placeholders by their attachments, in place.
+
+    Iterative, with an explicit stack, so a client's nesting can only trip `max_depth` (a
+    SocketIOError), never the interpreter's recursion limit. In place is safe: the value was
+    just parsed from this packet and nobody else holds it.
+    """
+    if isinstance(value, dict) and _is_placeholder(value):
+        return _attachment(value, buffers)
+    if not isinstance(value, (list, dict)):
+        return value
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > max_depth:
+            raise SocketIOError(f"binary packet nested deeper than {max_depth} levels")
+        items = enumerate(container) if isinstance(container, list) else container.items()
+        for key, item in items:
+            if isinstance(item, list):
+                stack.append((item, depth + 1))
+            elif isinstance(item, dict):
+                if _is_placeholder(item):
+                    container[key] = _attachment(item, buffers)  # replaces a value, no resize
+                else:
+                    stack.append((item, depth + 1))
     return value
 
 
@@ -222,10 +296,14 @@ class Decoder:
     Feed it every message in order: `str` for text, `bytes` for binary. `feed` returns a complete
     packet or None while attachments are still expected. Raises SocketIOError on anything out of
     place (a binary message nobody announced, a text packet while attachments are pending, more
-    buffered bytes than `max_buffer`).
+    buffered bytes than `max_buffer`, more than `max_attachments` announced, a binary packet
+    nested deeper than `max_depth`) and never anything else, whatever the input: the caller
+    closes the session on a ProtocolError, and any other exception would escape it.
     """
 
     max_buffer: int | None = None
+    max_attachments: int = MAX_ATTACHMENTS
+    max_depth: int = MAX_DEPTH
     _pending: Packet | None = None
     _buffers: list[bytes] = field(default_factory=list)
     _buffered: int = 0
@@ -238,14 +316,14 @@ class Decoder:
         if isinstance(message, str):
             if self._pending is not None:
                 raise SocketIOError("text packet received while waiting for binary attachments")
-            packet = decode_text(message)
+            packet = decode_text(message, self.max_attachments)
             if packet.attachments:
                 self._pending = packet
                 self._buffers = []
                 self._buffered = 0
                 return None
             if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
-                packet.data = _reconstruct(packet.data, [])
+                packet.data = _reconstruct(packet.data, [], self.max_depth)
             return packet
         if self._pending is None:
             raise SocketIOError("unexpected binary attachment")
@@ -258,7 +336,7 @@ class Decoder:
         if len(self._buffers) < pending.attachments:
             return None
         try:
-            pending.data = _reconstruct(pending.data, self._buffers)
+            pending.data = _reconstruct(pending.data, self._buffers, self.max_depth)
         finally:
             # A bad placeholder must not leave the decoder stuck waiting for attachments.
             self.reset()

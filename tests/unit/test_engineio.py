@@ -6,6 +6,7 @@ Wire strings are the ones the official engine.io-protocol test suite sends and e
 from __future__ import annotations
 
 import base64
+import random
 
 import orjson
 import pytest
@@ -397,3 +398,57 @@ def test_websocket_without_upgrade(query: dict[str, str]) -> None:
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
 def test_polling_with_sid_rejects_other_methods(method: str) -> None:
     assert _rejected({"EIO": "4", "transport": "polling", "sid": "abc"}, method) is ErrorCode.BAD_REQUEST
+
+
+# -- hostile input: only EngineIOError (a ProtocolError) may come out ----------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "b",  # empty base64 is an empty binary message, fine; the others are not
+        "b###",
+        "b\u00e9\u00e9==",
+        "bAA=A",
+        "4x\x1eb%%%",
+        "4a\x1e\x1e4b",
+        "\x1e",
+        "9" * 6000,
+        "b" + "A" * 4301 + "\x1e7",
+    ],
+)
+def test_decode_payload_raises_only_engineio_errors(payload: str) -> None:
+    try:
+        packets = eio.decode_payload(payload)
+    except EngineIOError as exc:
+        assert len(str(exc)) < 200
+    else:
+        assert all(isinstance(p, Packet) for p in packets)
+
+
+def test_handshake_with_huge_or_wrong_numbers_is_an_engineio_error() -> None:
+    base = {"sid": "s", "upgrades": [], "pingInterval": 1, "pingTimeout": 1, "maxPayload": 1}
+    for bad in ({"pingInterval": "1" * 5000}, {"pingTimeout": None}, {"upgrades": 5}, {"maxPayload": [1]}):
+        with pytest.raises(EngineIOError):
+            Handshake.from_packet(Packet(PacketType.OPEN, orjson.dumps({**base, **bad}).decode()))
+    for text in ("[]", '"x"', "9" * 5000, "{", "1e400"):
+        with pytest.raises(EngineIOError):
+            Handshake.from_packet(Packet(PacketType.OPEN, text))
+
+
+def test_fuzz_engineio_decoders_raise_only_engineio_errors() -> None:
+    rng = random.Random(4242)
+    alphabet = "0123456b\x1e=+/AZaz9\u00e9\u2028\U0001f600 \x00{}\"[]"
+    rejected = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        if rng.random() < 0.3:
+            text = "b" + base64.b64encode(bytes(rng.randrange(256) for _ in range(rng.randint(0, 12)))).decode()[: rng.randint(0, 20)]
+        for decode in (eio.decode_payload, eio.decode_text):
+            try:
+                decode(text)
+            except EngineIOError:
+                rejected += 1
+            except Exception as exc:
+                raise AssertionError(f"{type(exc).__name__} escaped {decode.__name__} for {text!r}") from None
+    assert rejected > 10_000

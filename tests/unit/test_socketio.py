@@ -3,6 +3,7 @@ malformed input the official socket.io-protocol test suite sends."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import orjson
@@ -479,3 +480,260 @@ def test_server_packet_helpers() -> None:
     assert sio.connect_error("/a", "m") == Packet(PacketType.CONNECT_ERROR, "/a", {"message": "m"})
     assert sio.connect_error("/a", "m", 0).data == {"message": "m", "data": 0}
     assert sio.disconnect("/a") == Packet(PacketType.DISCONNECT, "/a")
+
+
+# -- hostile input: bounds, and nothing but ProtocolError escapes --------------------------------
+#
+# The gateway closes a session on a ProtocolError; any other exception escaped it (a WebSocket
+# dropped without a close frame, a polling session left open, a traceback in the log).
+
+
+def nested_list(depth: int, inner: str = "0") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+def test_ack_id_of_thousands_of_digits_is_a_protocol_error() -> None:
+    # int() refuses strings over 4,300 digits with a plain ValueError.
+    for wire in ("2" + "1" * 5000 + '["e"]', "3" + "9" * 5000 + "[]", "2/chat," + "7" * 4301 + '["e"]'):
+        with pytest.raises(SocketIOError):
+            sio.decode_text(wire)
+
+
+def test_ack_id_bounded_to_javascript_safe_integers() -> None:
+    assert sio.decode_text(f'2{sio.MAX_ACK_ID}["e"]').id == 2**53 - 1
+    assert sio.decode_text('20["e"]').id == 0
+    for wire in (f'2{2**53}["e"]', '2' + "0" * 17 + '["e"]', "29" * 9 + '["e"]'):
+        with pytest.raises(SocketIOError):
+            sio.decode_text(wire)
+
+
+def test_attachment_count_of_thousands_of_digits_is_a_protocol_error() -> None:
+    for wire in ("5" + "1" * 5000 + '-["e"]', "6" + "2" * 4400 + "-1[]"):
+        with pytest.raises(SocketIOError):
+            Decoder().feed(wire)
+
+
+def test_attachment_count_bounded() -> None:
+    placeholders = ",".join(orjson.dumps(ph(i)).decode() for i in range(sio.MAX_ATTACHMENTS))
+    decoder = Decoder()
+    assert decoder.feed(f'5{sio.MAX_ATTACHMENTS}-["e",{placeholders}]') is None
+    for i in range(sio.MAX_ATTACHMENTS - 1):
+        assert decoder.feed(bytes([i])) is None
+    packet = decoder.feed(b"last")
+    assert packet is not None and packet.data[-1] == b"last" and len(packet.data) == sio.MAX_ATTACHMENTS + 1
+    with pytest.raises(SocketIOError, match="attachments"):
+        Decoder().feed(f'5{sio.MAX_ATTACHMENTS + 1}-["e"]')
+    small = Decoder(max_attachments=2)
+    with pytest.raises(SocketIOError):
+        small.feed('53-["e"]')
+    assert small.feed('52-["e"]') is None and small.waiting
+
+
+@pytest.mark.parametrize("depth", [300, 500, 1000])
+def test_deeply_nested_binary_event_is_a_protocol_error(depth: int) -> None:
+    # Nesting orjson accepts (up to 1024) but past what our walkers follow; it used to end in a
+    # RecursionError in the placeholder reconstruction around 500 levels.
+    decoder = Decoder()
+    wire = '51-["e",' + nested_list(depth, orjson.dumps(ph(0)).decode()) + "]"
+    assert decoder.feed(wire) is None
+    with pytest.raises(SocketIOError, match="nested"):
+        decoder.feed(b"x")
+    assert not decoder.waiting, "the decoder is usable again"
+    with pytest.raises(SocketIOError):
+        Decoder().feed('50-["e",' + nested_list(depth) + "]")
+    dicts = '{"a":' * depth + "1" + "}" * depth
+    with pytest.raises(SocketIOError):
+        Decoder().feed('50-["e",' + dicts + "]")
+
+
+def test_binary_event_nested_within_bounds_is_reassembled() -> None:
+    depth = sio.MAX_DEPTH - 2  # the event array and the placeholder's own dict count as levels
+    decoder = Decoder()
+    decoder.feed('51-["e",' + nested_list(depth, orjson.dumps(ph(0)).decode()) + "]")
+    packet = decoder.feed(b"deep")
+    assert packet is not None
+    value = packet.data[1]
+    for _ in range(depth - 1):
+        value = value[0]
+    assert value == [b"deep"]
+    assert Decoder(max_depth=3).feed('50-["e",[[1]]]').data == ["e", [[1]]]
+    with pytest.raises(SocketIOError):
+        Decoder(max_depth=3).feed('50-["e",[[[1]]]]')
+
+
+def test_encoding_a_too_deep_value_is_a_protocol_error_not_a_recursion_error() -> None:
+    deep: Any = b"bin"
+    for _ in range(2000):
+        deep = [deep]
+    with pytest.raises(SocketIOError):
+        sio.has_binary(deep)
+    with pytest.raises(SocketIOError):
+        sio.encode_event("/", ["e", deep])
+    with pytest.raises(SocketIOError):
+        sio.encode_event("/", ["e", {"k": deep}])
+    shallow: Any = b"bin"
+    for _ in range(sio.MAX_DEPTH - 2):
+        shallow = [shallow]
+    head, buffers = sio.encode_event("/", ["e", shallow])
+    assert buffers == [b"bin"] and head.startswith(b'51-["e",[[')
+
+
+def test_placeholder_error_message_stays_short() -> None:
+    decoder = Decoder()
+    decoder.feed('51-["e",{"_placeholder":true,"num":"' + "x" * 100_000 + '"}]')
+    with pytest.raises(SocketIOError) as caught:
+        decoder.feed(b"x")
+    assert len(str(caught.value)) < 200
+
+
+def test_decoder_error_messages_stay_short_for_any_input() -> None:
+    for packet in hostile_packets(random.Random(7), 3000):
+        decoder = Decoder()
+        for message in packet:
+            try:
+                decoder.feed(message)
+            except ProtocolError as exc:
+                assert len(str(exc)) < 200, str(exc)[:300]
+                break
+
+
+# -- the fuzzer (also drives tests/integration/test_fuzz.py over real transports) ----------------
+
+FUZZ_SEED = 20240601
+FUZZ_ALPHABET = '0123456789-/,[]{}":_placeholdernumtrue falsenull.eE+\\\x00\n\x1e\u00e9\u2028\U0001f600 '
+
+VALID_SEEDS: list[list[str | bytes]] = [
+    ["0"],
+    ['0{"token":"abc"}'],
+    ["0/fuzz-nsp,"],
+    ['2["fuzz-event","hello",1,{"a":[true,null,2.5]}]'],
+    ['2/fuzz-nsp,17["fuzz-event",{"k":"v"}]'],
+    ['3123["fuzz-ack",1]'],
+    ['51-["fuzz-bin",{"_placeholder":true,"num":0}]', b"\x00\x01\x02"],
+    ['52-/fuzz-nsp,9["fuzz-bin",{"_placeholder":true,"num":1},{"_placeholder":true,"num":0}]', b"a", b"bb"],
+    ['61-4[{"_placeholder":true,"num":0}]', b"\xff"],
+    ["1"],
+    ["1/fuzz-nsp,"],
+    ['4{"message":"no"}'],
+]
+
+
+def _mutate(rng: random.Random, text: str) -> str:
+    chars = list(text)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(7)
+        pos = rng.randint(0, len(chars))
+        if op == 0 and chars:
+            chars[min(pos, len(chars) - 1)] = rng.choice(FUZZ_ALPHABET)
+        elif op == 1:
+            chars.insert(pos, rng.choice(FUZZ_ALPHABET))
+        elif op == 2 and chars:
+            del chars[min(pos, len(chars) - 1)]
+        elif op == 3:
+            chars[pos:pos] = list(rng.choice(["9" * rng.randint(15, 20), "1" * rng.randint(4300, 6000), "-", ",", "/"]))
+        elif op == 4:
+            chars = chars[:pos]
+        elif op == 5 and chars:
+            start = rng.randrange(len(chars))
+            chars[pos:pos] = chars[start:start + rng.randint(1, 8)]
+        else:
+            chars[pos:pos] = list(rng.choice(['{"_placeholder":true,"num":0}', "[", "]", "{", '"', "\\u0000"]))
+    return "".join(chars)
+
+
+def _deep(rng: random.Random) -> list[str | bytes]:
+    depth = rng.choice([rng.randint(250, 260), rng.randint(400, 1100)])
+    inner = rng.choice(['{"_placeholder":true,"num":0}', "1", '"x"', "[]"])
+    if rng.random() < 0.5:
+        body = nested_list(depth, inner)
+    else:
+        body = '{"k":' * depth + inner + "}" * depth
+    if rng.random() < 0.6:
+        return ['51-["fuzz-deep",' + body + "]", b"\x01"]
+    return ['2["fuzz-deep",' + body + "]"]
+
+
+def _huge_number(rng: random.Random) -> list[str | bytes]:
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.choice([16, 17, 100, 4300, 4301, 6000])))
+    return rng.choice([
+        ["2" + digits + '["fuzz-event"]'],
+        ["3" + digits + "[]"],
+        ["5" + digits + '-["fuzz-bin"]', b"x"],
+        ["6" + digits + "-1[]"],
+        ['51-["fuzz-bin",{"_placeholder":true,"num":' + digits + "}]", b"x"],
+        ['2["fuzz-event",' + digits + "]"],
+        ['2["fuzz-event",1e' + digits + "]"],
+    ])
+
+
+def _bad_attachments(rng: random.Random) -> list[str | bytes]:
+    count = rng.randint(0, 70)
+    announced = f'5{count}-["fuzz-bin",' + ",".join(orjson.dumps(ph(rng.randint(-2, count + 2))).decode() for _ in range(rng.randint(0, 4))) + "]"
+    messages: list[str | bytes] = [announced]
+    messages += [bytes(rng.randrange(256) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(0, count + 2))]
+    if rng.random() < 0.3:
+        messages.insert(rng.randint(1, len(messages)), '2["fuzz-event"]')  # text while waiting
+    if rng.random() < 0.2:
+        messages = [b"unannounced", *messages]
+    placeholder = rng.choice(['{"_placeholder":true}', '{"_placeholder":true,"num":true}', '{"_placeholder":true,"num":1.5}', '{"_placeholder":true,"num":"0"}', '{"_placeholder":"yes","num":0}'])
+    if rng.random() < 0.3:
+        messages = ['51-["fuzz-bin",' + placeholder + "]", b"x"]
+    return messages
+
+
+def _bad_namespace(rng: random.Random) -> list[str | bytes]:
+    nsp = "/" + "".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(0, 30)))
+    if rng.random() < 0.1:
+        nsp = "/" + "n" * rng.randint(1000, 20000)
+    return [rng.choice(["0", "1", "2", "3", "4", "5", "6"]) + rng.choice(["", "1-"]) + nsp + rng.choice(["", ",", ',["fuzz-event"]', ",12[]", ',{"token":1}'])]
+
+
+def _bad_json(rng: random.Random) -> list[str | bytes]:
+    body = rng.choice([
+        '["fuzz-event"', '["fuzz-event",]', "[NaN]", '["x",Infinity]', '["x"] trailing', "\ufeff[\"x\"]",
+        '["\\ud800"]', '["x",{"a":1,"a":2}]', '["x",{1:2}]', "[" * 1025 + "]" * 1025, '"just a string"',
+        "[1e400]", "[-]", '["x",01]', "[true,false,nul]", '["' + "\\" * rng.randint(1, 5) + '"]',
+    ])
+    return [rng.choice(["2", "3", "0", "4", "21", "31", "2/fuzz-nsp,", "50-"]) + body]
+
+
+def _random_text(rng: random.Random) -> list[str | bytes]:
+    if rng.random() < 0.5:
+        return ["".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(0, 40)))]
+    raw = bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
+    return [raw.decode("utf-8", "replace")] if rng.random() < 0.7 else [raw]
+
+
+def hostile_packets(rng: random.Random, count: int) -> list[list[str | bytes]]:
+    """`count` inputs, each the messages of one session in order (str = text, bytes = binary),
+    mostly malformed: random text and bytes, mutated valid packets, deep nesting, huge numbers,
+    bad attachments, bad namespaces, bad JSON. The same seed gives the same inputs."""
+    kinds = [_random_text, _deep, _huge_number, _bad_attachments, _bad_namespace, _bad_json]
+    out: list[list[str | bytes]] = []
+    for _ in range(count):
+        if rng.random() < 0.4:
+            seed = [m for m in rng.choice(VALID_SEEDS)]
+            seed[0] = _mutate(rng, seed[0])  # type: ignore[arg-type]
+            out.append(seed)
+        else:
+            out.append(rng.choice(kinds)(rng))
+    return out
+
+
+def test_fuzz_decoder_raises_only_protocol_errors() -> None:
+    rng = random.Random(FUZZ_SEED)
+    outcomes = {"packet": 0, "pending": 0, "protocol_error": 0}
+    for packet in hostile_packets(rng, 20_000):
+        decoder = Decoder(max_buffer=1_000_000)
+        for message in packet:
+            try:
+                result = decoder.feed(message)
+            except ProtocolError:
+                outcomes["protocol_error"] += 1
+                break
+            except Exception as exc:  # the point of the test: report the input, not a traceback
+                raise AssertionError(f"{type(exc).__name__} escaped the decoder for {packet!r:.300}") from None
+            outcomes["packet" if result is not None else "pending"] += 1
+    # The generator must really exercise both sides, not only the first check.
+    assert outcomes["protocol_error"] > 10_000, outcomes
+    assert outcomes["packet"] > 500, outcomes
