@@ -70,6 +70,13 @@ async def serve_until_signal(
 def run(
     start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[object]], deadline: float = 10.0, loop_stall_ms: int | None = None
 ) -> None:
-    """Serve until SIGTERM/SIGINT on uvloop; `loop_stall_ms` None = the server's LOOP_STALL_MS."""
+    """Serve until SIGTERM/SIGINT on uvloop; `loop_stall_ms` None = the server's LOOP_STALL_MS.
+
+    An app that configured no logging (a script like the README's example.py) still gets the
+    key=value lines, `listening ...` first; otherwise it would serve in silence."""
+    if not logging.getLogger().handlers:
+        from .ops.logs import setup_logging
+
+        setup_logging("INFO")
     install_uvloop()
     asyncio.run(serve_until_signal(start, stop, deadline, loop_stall_ms))
