@@ -332,3 +332,18 @@ async def test_client_controlled_text_cannot_forge_log_lines(tmp_path: Path) -> 
 
 def test_the_fuzz_inputs_are_reproducible() -> None:
     assert hostile_packets(random.Random(FUZZ_SEED), 50) == hostile_packets(random.Random(FUZZ_SEED), 50)
+
+
+async def test_engineio_layer_rejections_close_the_session(node: GatewayProcess) -> None:
+    """Bad UTF-8 and bad base64 in a polling body are Engine.IO errors: 400, session closed,
+    counted in the engineio layer."""
+    before = bad_packets(node, "engineio")
+    bodies = [b"4\xff\xfe", b"b###", "b\u00e9\u00e9==".encode(), b"4a\x1e\x1e4b", b"9" * 5000]
+    for body in bodies:
+        sid = await polling_handshake(node.port)
+        status, _, _ = await http(node.port, post(sid, body))
+        assert status == 400, body
+        status, _, _ = await http(node.port, get(polling_url(sid)))
+        assert status == 400, f"session still open after {body!r}"
+    assert bad_packets(node, "engineio") - before == len(bodies)
+    assert_log_is_clean(node.log_path)
