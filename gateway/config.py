@@ -140,6 +140,9 @@ class Settings:
     max_payload: int = setting("MAX_PAYLOAD_BYTES", 1_000_000, _int(1024, 100_000_000), "largest accepted message or POST body")
     connect_timeout_ms: int = setting("CONNECT_TIMEOUT_MS", 45000, _int(100, 3_600_000), "close a session that joins no namespace in time")
     upgrade_timeout_ms: int = setting("UPGRADE_TIMEOUT_MS", 10000, _int(100, 600_000), "time allowed to finish a transport upgrade")
+    max_buffered_bytes: int = setting(
+        "MAX_BUFFERED_BYTES", 1 << 20, _int(4096, 1 << 30), "unsent output a connection may hold (WebSocket send queue, polling queue); past it the client is disconnected as a slow consumer"
+    )
     cors_origins: tuple[str, ...] = setting("CORS_ORIGINS", (), _origins, "comma-separated allowed origins for polling CORS ('*' for any); empty = no CORS headers")
     log_level: str = setting("LOG_LEVEL", "INFO", _level, "DEBUG logs every packet")
     redis_url: str | None = setting("REDIS_URL", None, _redis_url, "Redis for the cluster bridge; unset = single node, in-memory adapter")

@@ -38,7 +38,7 @@ from protocol.socketio import PacketType
 from .adapter.base import Adapter, AdapterStats, BroadcastOptions
 from .config import Settings
 from .engine.outbound import Outbound
-from .engine.server import EngineServer, generate_id
+from .engine.server import AllowRequest, EngineServer, generate_id
 from .engine.session import Session
 from .http import HttpServer, Request, Router
 from .proxies import TrustedProxies
@@ -891,7 +891,15 @@ class Server:
     """A Socket.IO server: namespaces on top of an Engine.IO endpoint, served over HTTP with the
     operations endpoints (`/health`, `/stats`, `/metrics`)."""
 
-    def __init__(self, settings: Settings | None = None, *, adapter_factory: Callable[[Namespace], Adapter] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        adapter_factory: Callable[[Namespace], Adapter] | None = None,
+        allow_request: AllowRequest | None = None,
+    ) -> None:
+        """`allow_request(request)`, sync or async, is asked before every new Engine.IO session
+        (engine.io's `allowRequest`): True/None allows, False or a reason string refuses (403)."""
         self.settings = settings or Settings()
         self.adapter_stats = AdapterStats()
         self._adapter_factory = adapter_factory or Adapter
@@ -902,6 +910,9 @@ class Server:
             max_payload=self.settings.max_payload,
             upgrade_timeout_ms=self.settings.upgrade_timeout_ms,
             cors_origins=self.settings.cors_origins,
+            max_buffered_bytes=self.settings.max_buffered_bytes,
+            allow_request=allow_request,
+            client_address=self.client_address,
         )
         self.namespaces: dict[str, Namespace] = {}
         self._dynamic: list[tuple[NamespaceMatcher, Namespace]] = []

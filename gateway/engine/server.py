@@ -3,13 +3,20 @@
 Mounted on the HTTP router at a path (`/socket.io/` for Socket.IO, `/engine.io/` for the plain
 echo endpoint used by the conformance suite). What a session carries is decided by the
 `on_connection` callback, which returns the session's receiver.
+
+Before a new session opens, the application's `allow_request` hook (engine.io's `allowRequest`)
+may refuse the handshake; it can be a coroutine, during which the request is held with no session
+yet. Every connection's output is bounded (`max_buffered_bytes`): a peer that stops reading is
+dropped as a slow consumer instead of queueing without limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import secrets
-from typing import Callable
+from typing import Any, Awaitable, Callable, Union
 
 from protocol import engineio
 from protocol.engineio import ErrorCode, Handshake, RequestRejected
@@ -22,6 +29,36 @@ from .websocket import WebSocketTransport, WriteBatcher, handshake
 log = logging.getLogger("gateway.engine")
 
 
+class HandshakeRequest:
+    """What an `allow_request` hook sees of a handshake request (both transports).
+
+    `address` is the client's address (the peer, or the client a trusted proxy forwarded, as in
+    `socket.handshake["address"]`); `remote_address` is the TCP peer itself. `headers` have
+    lower-case names; `query` is the decoded query string (`EIO`, `transport`, anything the
+    client added).
+    """
+
+    __slots__ = ("method", "path", "headers", "query", "address", "remote_address", "transport")
+
+    def __init__(self, request: Request, transport: str, address: str) -> None:
+        self.method = request.method
+        self.path = request.path
+        self.headers: dict[str, str] = request.headers
+        self.query: dict[str, str] = request.query
+        self.address = address
+        self.remote_address = request.remote_address
+        self.transport = transport
+
+    def __repr__(self) -> str:
+        return f"HandshakeRequest({self.method} {self.path} transport={self.transport} address={self.address})"
+
+
+Verdict = Union[bool, str, None]
+AllowRequest = Callable[[HandshakeRequest], Union[Verdict, Awaitable[Verdict]]]
+"""`allow_request(request) -> True/None` to allow, `False` or a reason string to refuse; sync or
+async."""
+
+
 def generate_id() -> str:
     """20 URL-safe characters, like Node's base64id (15 random bytes)."""
     return secrets.token_urlsafe(15)
@@ -30,10 +67,22 @@ def generate_id() -> str:
 class EngineStats:
     """Counters the operations surface reads; plain ints, cheap to bump on the hot path."""
 
-    __slots__ = ("bad_packets", "sessions_opened", "upgrades", "http_errors", "messages_in", "messages_out")
+    __slots__ = (
+        "bad_packets",
+        "sessions_opened",
+        "upgrades",
+        "http_errors",
+        "messages_in",
+        "messages_out",
+        "slow_consumer_disconnects",
+        "handshakes_refused",
+    )
 
     def __init__(self) -> None:
         self.bad_packets: dict[str, int] = {}
+        # Connections dropped because their output passed MAX_BUFFERED_BYTES, by transport.
+        self.slow_consumer_disconnects: dict[str, int] = {"websocket": 0, "polling": 0}
+        self.handshakes_refused = 0  # by the allow_request hook (refusal or failure)
         self.sessions_opened = 0
         self.upgrades = 0
         self.messages_in = 0  # Socket.IO messages received (attachments counted with their packet)
@@ -52,6 +101,9 @@ class EngineServer:
         upgrade_timeout_ms: int = 10000,
         cors_origins: tuple[str, ...] = (),
         allow_upgrades: bool = True,
+        max_buffered_bytes: int = 1 << 20,
+        allow_request: AllowRequest | None = None,
+        client_address: Callable[[Request], str] | None = None,
     ) -> None:
         self.on_connection = on_connection
         self.ping_interval_ms = ping_interval_ms
@@ -63,8 +115,13 @@ class EngineServer:
         self.cors_origins = cors_origins
         self.allow_upgrades = allow_upgrades
         self.sessions: dict[str, Session] = {}
-        self.batcher = WriteBatcher()
+        self.max_buffered_bytes = max_buffered_bytes
+        self.batcher = WriteBatcher(max_buffered_bytes)
+        self.batcher.on_overflow = self._websocket_overflow
         self.stats = EngineStats()
+        self.allow_request = allow_request
+        self.client_address: Callable[[Request], str] = client_address or (lambda request: request.remote_address)
+        self._deciding: set[asyncio.Task[None]] = set()  # async allow_request verdicts under way
         self.accepting = True
         self.on_session_closed: Callable[[Session], None] | None = None
         self.on_upgrade: Callable[[Session], None] | None = None
@@ -94,6 +151,9 @@ class EngineServer:
                     log.info("eio_session_refused reason=%s address=%s", refusal, request.remote_address)
                     self.respond_error(request, ErrorCode.FORBIDDEN)
                     return
+            if self.allow_request is not None:
+                self._ask_allow_request(request, check.transport)
+                return
             self._open(request, check.transport)
             return
         session = self.sessions.get(check.sid)
@@ -116,6 +176,61 @@ class EngineServer:
             session.handle_get(request)
         else:
             session.handle_post(request)
+
+    # -- allow_request -----------------------------------------------------------------------
+
+    def _ask_allow_request(self, request: Request, transport: str) -> None:
+        assert self.allow_request is not None
+        info = HandshakeRequest(request, transport, self.client_address(request))
+        try:
+            verdict = self.allow_request(info)
+        except Exception as exc:
+            self._hook_failed(request, info, exc)
+            return
+        if not inspect.isawaitable(verdict):
+            self._decide(request, transport, info, verdict)
+            return
+        if request.is_upgrade:
+            # The HTTP layer answers an upgrade nobody took at once; this one is answered (the
+            # 101 or the error) when the hook has decided.
+            request.answered = True
+        task = asyncio.get_running_loop().create_task(self._await_verdict(request, transport, info, verdict))
+        self._deciding.add(task)
+        task.add_done_callback(self._deciding.discard)
+
+    async def _await_verdict(self, request: Request, transport: str, info: HandshakeRequest, pending: Awaitable[Verdict]) -> None:
+        try:
+            verdict = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if request.connected:
+                self._hook_failed(request, info, exc)
+            return
+        if not request.connected:
+            # The client left while the hook ran: there is no one to open a session for.
+            log.info("eio_handshake_abandoned transport=%s address=%s", transport, info.address)
+            return
+        self._decide(request, transport, info, verdict)
+
+    def _decide(self, request: Request, transport: str, info: HandshakeRequest, verdict: Any) -> None:
+        if verdict is None or verdict is True:
+            if not self.accepting:
+                self.respond_error(request, ErrorCode.FORBIDDEN)
+                return
+            self._open(request, transport)
+            return
+        reason = verdict if isinstance(verdict, str) and verdict else "refused"
+        self.stats.handshakes_refused += 1
+        log.info("eio_handshake_refused by=allow_request reason=%r transport=%s address=%s", reason, transport, info.address)
+        self.respond_error(request, ErrorCode.FORBIDDEN)
+
+    def _hook_failed(self, request: Request, info: HandshakeRequest, exc: BaseException) -> None:
+        self.stats.handshakes_refused += 1
+        log.error("allow_request_failed transport=%s address=%s error=%r", info.transport, info.address, exc, exc_info=exc)
+        self.respond_error(request, ErrorCode.FORBIDDEN)
+
+    # -- sessions ------------------------------------------------------------------------------
 
     def _open(self, request: Request, transport: str) -> None:
         sid = generate_id()
@@ -164,16 +279,23 @@ class EngineServer:
     # -- responses ---------------------------------------------------------------------------------
 
     def _cors_headers(self, request: Request, preflight: bool = False) -> list[tuple[str, str]]:
+        """As the `cors` package engine.io uses: a listed origin is reflected, with credentials;
+        `*` is answered literally and never with credentials (a wildcard that reflected every
+        origin, `null` included, with credentials would let any site read a user's session)."""
+        origins = self.cors_origins
+        if not origins:
+            return []
         origin = request.headers.get("origin")
-        if not origin or not self.cors_origins:
+        if origin and origin != "*" and origin in origins:
+            headers = [
+                ("Access-Control-Allow-Origin", origin),
+                ("Access-Control-Allow-Credentials", "true"),
+                ("Vary", "Origin"),
+            ]
+        elif "*" in origins:
+            headers = [("Access-Control-Allow-Origin", "*")]
+        else:
             return []
-        if "*" not in self.cors_origins and origin not in self.cors_origins:
-            return []
-        headers = [
-            ("Access-Control-Allow-Origin", origin),
-            ("Access-Control-Allow-Credentials", "true"),
-            ("Vary", "Origin"),
-        ]
         if preflight:
             headers.append(("Access-Control-Allow-Methods", "GET, POST, OPTIONS"))
             requested = request.headers.get("access-control-request-headers")
@@ -209,6 +331,21 @@ class EngineServer:
         self.stats.upgrades += 1
         if self.on_upgrade is not None:
             self.on_upgrade(session)
+
+    def count_slow_consumer(self, session: Session | None, transport: str, buffered: int) -> None:
+        """A connection passed MAX_BUFFERED_BYTES of unsent output and is being dropped."""
+        self.stats.slow_consumer_disconnects[transport] += 1
+        log.warning(
+            "slow_consumer_disconnect sid=%s transport=%s buffered=%d limit=%d",
+            session.sid if session is not None else "-",
+            transport,
+            buffered,
+            self.max_buffered_bytes,
+        )
+
+    def _websocket_overflow(self, ws: WebSocketTransport, buffered: int) -> None:
+        listener = ws.listener
+        self.count_slow_consumer(listener if isinstance(listener, Session) else None, "websocket", buffered)
 
     def count_bad_packet(self, layer: str) -> None:
         self.stats.bad_packets[layer] = self.stats.bad_packets.get(layer, 0) + 1

@@ -35,6 +35,10 @@ class Receiver(Protocol):
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 
+# After the probe, a pending poll is released with a noop on this period, not at once: what
+# engine.io's `maybeUpgrade` does (a 100 ms check interval), and what clients were tested with.
+UPGRADE_NOOP_INTERVAL = 0.1
+
 
 class Session:
     __slots__ = (
@@ -45,6 +49,7 @@ class Session:
         "probe",
         "upgrading",
         "buffer",
+        "queued_bytes",
         "pending_get",
         "receiver",
         "request",
@@ -52,6 +57,7 @@ class Session:
         "_ping_timer",
         "_pong_timer",
         "_upgrade_timer",
+        "_upgrade_check",
         "_flush_scheduled",
         "_close_reason",
     )
@@ -64,6 +70,7 @@ class Session:
         self.probe: WebSocketTransport | None = None  # a WebSocket being upgraded to
         self.upgrading = False
         self.buffer: list[Outbound] = []  # polling only
+        self.queued_bytes = 0  # the sum of `size` over `buffer`, bounded by MAX_BUFFERED_BYTES
         self.pending_get: "Request | None" = None
         self.receiver: Receiver | None = None
         self.request = request  # the handshake request (headers, query, address)
@@ -71,6 +78,7 @@ class Session:
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
         self._upgrade_timer: asyncio.TimerHandle | None = None
+        self._upgrade_check: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._close_reason = ""
 
@@ -89,6 +97,15 @@ class Session:
         if self.state is not OPEN:
             return
         self.buffer.append(out)
+        queued = self.queued_bytes + out.size
+        self.queued_bytes = queued
+        if queued > self.server.max_buffered_bytes:
+            # Free the queue now; end the session soon after, not inside the broadcast that is
+            # iterating over the room this session is about to leave.
+            self.buffer = []
+            self.queued_bytes = 0
+            self._loop.call_soon(self.slow_consumer, queued)
+            return
         if self.pending_get is not None and not self._flush_scheduled and not self.upgrading:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -111,7 +128,35 @@ class Session:
         for out in self.buffer:
             records.extend(out.polling)
         self.buffer = []
+        self.queued_bytes = 0
         self.server.respond_poll(request, b"\x1e".join(records))
+        # A client that asks for a poll but does not read the answer holds it in our send queue.
+        transport = request.conn.transport
+        if transport is not None and self.state is OPEN:
+            buffered = transport.get_write_buffer_size()
+            if buffered > self.server.max_buffered_bytes:
+                self._loop.call_soon(self.slow_consumer, buffered)
+
+    def slow_consumer(self, buffered: int) -> None:
+        """The polling peer does not take what it is sent (it posts, but never collects): drop
+        what is queued and end the session ("transport error"), as a WebSocket whose send queue
+        overflows is dropped, instead of queueing without limit."""
+        if self.state is CLOSED:
+            return
+        self.server.count_slow_consumer(self, "polling", buffered)
+        self.buffer = []
+        self.queued_bytes = 0
+        request, self.pending_get = self.pending_get, None
+        if request is not None:
+            request.answered = True  # never answered: the connection goes with the session
+            request.on_abort = None
+            transport = request.conn.transport
+            if transport is not None:
+                transport.abort()
+        if self.state is OPEN:
+            self.close("transport error")
+        else:
+            self._finish_close()
 
     # -- heartbeat -----------------------------------------------------------------------------
 
@@ -165,10 +210,6 @@ class Session:
             self.server.respond_error(request, engineio.ErrorCode.BAD_REQUEST)
             self.close("transport error")
             return
-        if self.upgrading:
-            # A probe is under way: release the poll so the client can finish the upgrade.
-            self.server.respond_poll(request, NOOP.text)  # type: ignore[arg-type]
-            return
         if self.state is CLOSING:
             self.server.respond_poll(request, CLOSE.text)  # type: ignore[arg-type]
             self._finish_close()
@@ -177,12 +218,18 @@ class Session:
             self.pending_get = request
             self._flush()
             return
+        # Held until there is something to send (or, during an upgrade, until the next noop).
         self.pending_get = request
         request.on_abort = self._get_aborted
 
     def _get_aborted(self) -> None:
-        # The client went away mid-poll; the session lives on until the ping timeout decides.
+        """The connection of the pending poll closed: the client is gone (a closed tab, a killed
+        process, a proxy that passed the close on). As engine.io ("poll connection closed
+        prematurely"), the session ends now, not at the ping timeout."""
         self.pending_get = None
+        if self.state is OPEN:
+            log.info("eio_poll_closed sid=%s", self.sid)
+            self.close("transport error")
 
     def handle_post(self, request: "Request") -> None:
         try:
@@ -215,7 +262,7 @@ class Session:
     def _upgrade_timed_out(self) -> None:
         self._upgrade_timer = None
         probe, self.probe = self.probe, None
-        self.upgrading = False
+        self._end_upgrade()
         if probe is not None:
             log.info("eio_upgrade_timeout sid=%s", self.sid)
             probe.listener = None
@@ -223,32 +270,55 @@ class Session:
 
     def probe_message(self, ws: WebSocketTransport, data: str | bytes) -> None:
         if data == "2probe":
-            ws.write(PROBE_PONG.ws)
+            # At once, not at the end of the tick, so it cannot trail a stale poll's 400.
+            ws.write_now(PROBE_PONG.ws)
             self.upgrading = True
-            if self.pending_get is not None:
-                request, self.pending_get = self.pending_get, None
-                self.server.respond_poll(request, NOOP.text)  # type: ignore[arg-type]
+            if self._upgrade_check is not None:
+                self._upgrade_check.cancel()
+            self._upgrade_check = self._loop.call_later(UPGRADE_NOOP_INTERVAL, self._upgrade_noop)
         elif data == "5" and self.upgrading:
             self._finish_upgrade(ws)
         else:
             log.info("eio_bad_probe sid=%s", self.sid)
             self.probe = None
-            self.upgrading = False
+            self._end_upgrade()
             ws.listener = None
             ws.close(1002, "invalid upgrade")
 
-    def _finish_upgrade(self, ws: WebSocketTransport) -> None:
-        if self._upgrade_timer is not None:
-            self._upgrade_timer.cancel()
-            self._upgrade_timer = None
-        self.probe = None
+    def _upgrade_noop(self) -> None:
+        """Release a pending poll with a noop so the client can send its upgrade packet; again
+        every interval while the upgrade is under way (a later GET is held until then)."""
+        self._upgrade_check = None
+        if not self.upgrading or self.state is not OPEN:
+            return
+        if self.pending_get is not None and self.ws is None:
+            request, self.pending_get = self.pending_get, None
+            self.server.respond_poll(request, NOOP.text)  # type: ignore[arg-type]
+        self._upgrade_check = self._loop.call_later(UPGRADE_NOOP_INTERVAL, self._upgrade_noop)
+
+    def _end_upgrade(self) -> None:
+        """The upgrade finished or failed: stop its timers; if polling goes on, a poll held
+        during the upgrade takes what was queued meanwhile."""
         self.upgrading = False
+        for name in ("_upgrade_timer", "_upgrade_check"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+        if self.ws is None and self.pending_get is not None and self.buffer and not self._flush_scheduled and self.state is OPEN:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _finish_upgrade(self, ws: WebSocketTransport) -> None:
+        self.probe = None
         if self.pending_get is not None:
             request, self.pending_get = self.pending_get, None
             self.server.respond_poll(request, NOOP.text)  # type: ignore[arg-type]
+        self._end_upgrade()
         self.ws = ws
         ws.listener = self
         buffered, self.buffer = self.buffer, []
+        self.queued_bytes = 0
         if buffered:
             ws.write(b"".join([out.ws for out in buffered]))
         self.server.on_upgraded(self)
@@ -256,12 +326,7 @@ class Session:
     def probe_closed(self, ws: WebSocketTransport) -> None:
         if self.probe is ws:
             self.probe = None
-            self.upgrading = False
-            if self._upgrade_timer is not None:
-                self._upgrade_timer.cancel()
-                self._upgrade_timer = None
-            if self.pending_get is None and self.buffer:
-                pass  # the next GET collects what was queued during the failed upgrade
+            self._end_upgrade()
 
     def ws_message(self, ws: WebSocketTransport, data: str | bytes) -> None:
         if isinstance(data, str):
@@ -327,6 +392,7 @@ class Session:
         self.state = CLOSED
         self._cancel_timers()
         self.buffer = []
+        self.queued_bytes = 0
         self.server.remove(self)
         self._notify_close(reason or self._close_reason)
 
@@ -339,7 +405,7 @@ class Session:
                 log.exception("receiver_on_close_failed sid=%s", self.sid)
 
     def _cancel_timers(self) -> None:
-        for name in ("_ping_timer", "_pong_timer", "_upgrade_timer"):
+        for name in ("_ping_timer", "_pong_timer", "_upgrade_timer", "_upgrade_check"):
             timer = getattr(self, name)
             if timer is not None:
                 timer.cancel()

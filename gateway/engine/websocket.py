@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -37,13 +37,20 @@ class WriteBatcher:
     A burst of broadcasts (several messages arriving in one read) would otherwise cost one
     `send()` system call per message per recipient; with batching it costs one per recipient.
     The flush runs at the end of the current tick, so latency does not change.
+
+    It also carries the output bound every connection shares: a connection whose transport
+    still holds more than `max_buffered` unsent bytes after a flush is a slow consumer (a peer
+    that stopped reading) and is dropped, so that one stuck client cannot grow the node's memory
+    without limit. `on_overflow(ws, buffered)` is told (the engine counts and logs it).
     """
 
-    __slots__ = ("dirty", "scheduled")
+    __slots__ = ("dirty", "scheduled", "max_buffered", "on_overflow")
 
-    def __init__(self) -> None:
+    def __init__(self, max_buffered: int = 1 << 20) -> None:
         self.dirty: list[WebSocketTransport] = []
         self.scheduled = False
+        self.max_buffered = max_buffered
+        self.on_overflow: Callable[[WebSocketTransport, int], None] | None = None
 
     def add(self, ws: "WebSocketTransport") -> None:
         self.dirty.append(ws)
@@ -198,14 +205,40 @@ class WebSocketTransport:
         self._pending = None
         if self.transport.is_closing():
             return
+        transport = self.transport
         if len(pending) == 1:
-            self.transport.write(pending[0])
+            transport.write(pending[0])
         else:
-            self.transport.writelines(pending)
+            transport.writelines(pending)
+        # Once per batched write, never per frame: what the peer has not taken yet.
+        buffered = transport.get_write_buffer_size()
+        if buffered > self.batcher.max_buffered:
+            self._overflow(buffered)
+
+    def write_now(self, frames: bytes) -> None:
+        """Write frames at once, behind what is already queued for this connection, instead of
+        at the end of the tick: for answers whose order against other connections' writes
+        matters (the upgrade's `3probe` must reach the client before the 400 of a stale poll
+        that leaves in the same tick)."""
+        if self.closed:
+            return
+        self.flush()
+        if not self.closed and not self.transport.is_closing():
+            self.transport.write(frames)
+
+    def _overflow(self, buffered: int) -> None:
+        """The peer stopped reading: drop the connection now, unsent data included (a close
+        handshake would wait behind the very bytes the peer does not read)."""
+        self.closed = True
+        self._reason = "transport error"
+        on_overflow = self.batcher.on_overflow
+        if on_overflow is not None:
+            on_overflow(self, buffered)
+        self.transport.abort()
 
     @property
     def writable(self) -> bool:
-        return not self.closed and self.transport.get_write_buffer_size() < 1 << 20
+        return not self.closed and self.transport.get_write_buffer_size() < self.batcher.max_buffered
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; the TCP connection is dropped when it completes or after
@@ -213,6 +246,8 @@ class WebSocketTransport:
         if self.closed:
             return
         self.flush()  # what was sent before close() goes out before the close frame
+        if self.closed:
+            return  # that flush found a slow consumer and dropped the connection
         self.closed = True
         protocol = self._library()
         if protocol.state is State.OPEN:
@@ -222,18 +257,27 @@ class WebSocketTransport:
             self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
 
     def abort(self) -> None:
+        """Drop the TCP connection without draining: `transport.close()` would keep it (and its
+        send queue) until a peer that may never read again has taken every byte."""
         self._close_timer = None
-        self.transport.close()
+        self.transport.abort()
 
     def _flush_protocol(self) -> None:
         self.flush()  # keep our queued frames ahead of the library's (close, pong)
-        for chunk in self._library().data_to_send():
+        chunks = self._library().data_to_send()
+        if self.transport.is_closing():
+            return  # dropped (slow consumer, or already closing): nothing more goes out
+        for chunk in chunks:
             if chunk:
                 self.transport.write(chunk)
             else:
-                # The library signals the end of the stream: drop the TCP connection.
+                # The library signals the end of the stream: drop the TCP connection (at once
+                # when the peer left more unread than a connection may hold).
                 self.closed = True
-                self.transport.close()
+                if self.transport.get_write_buffer_size() > self.batcher.max_buffered:
+                    self.transport.abort()
+                else:
+                    self.transport.close()
 
 
 def handshake(path: str, headers: dict[str, str]) -> tuple[int, bytes]:

@@ -99,6 +99,11 @@ class GatewayCollector:
             bad.add_metric([layer], engine.bad_packets.get(layer, 0))
         yield bad
         yield CounterMetricFamily("sio_gateway_http_errors", "Engine.IO requests answered with an error", value=engine.http_errors)
+        slow = CounterMetricFamily("sio_gateway_slow_consumer_disconnects", "Connections dropped for holding more than MAX_BUFFERED_BYTES unsent", labels=["transport"])
+        for transport, count in engine.slow_consumer_disconnects.items():
+            slow.add_metric([transport], count)
+        yield slow
+        yield CounterMetricFamily("sio_gateway_handshakes_refused", "Handshakes refused by the allow_request hook (or its failure)", value=engine.handshakes_refused)
         a = server.adapter_stats
         broadcasts = CounterMetricFamily("sio_gateway_broadcasts", "Broadcasts delivered on this node, by origin", labels=["origin"])
         broadcasts.add_metric(["local"], a.broadcasts_local - a.broadcasts_remote)
