@@ -26,6 +26,9 @@ from .outbound import Outbound
 from .session import Receiver, Session
 from .websocket import WebSocketTransport, WriteBatcher, handshake
 
+# How long a poll for a session that already moved to WebSocket waits for its 400 (see `handle`).
+STALE_POLL_DELAY = 0.05
+
 log = logging.getLogger("gateway.engine")
 
 
@@ -169,8 +172,11 @@ class EngineServer:
             self._accept_websocket(request, session.begin_upgrade)
             return
         if session.ws is not None:
-            # The session moved to WebSocket; polling requests for it are stale.
-            self.respond_error(request, ErrorCode.BAD_REQUEST)
+            # The session moved to WebSocket; polling requests for it are stale. The 400 waits a
+            # moment so that it never overtakes the upgrade's own frames (`3probe`) on their way
+            # to a client that sent the poll right behind its probe: a client reading both in one
+            # turn of its event loop could otherwise see the poll fail before the probe answer.
+            asyncio.get_running_loop().call_later(STALE_POLL_DELAY, self.respond_error, request, ErrorCode.BAD_REQUEST)
             return
         if request.method == "GET":
             session.handle_get(request)
