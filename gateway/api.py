@@ -15,7 +15,10 @@ exactly as a socket.io server's own broadcast would. Errors are JSON: `{"error":
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -55,6 +58,72 @@ class ApiStats:
     disconnects: int = 0
     unauthorized: int = 0
     bad_requests: int = 0
+    throttled: int = 0
+
+
+class AuthFailureThrottle:
+    """Failed authentications per client address: a token bucket of `per_minute` tokens that
+    refills at `per_minute` a minute; each failure takes one, and an address with none left is
+    answered 429 before its key is even looked at, so keys cannot be guessed at line rate.
+
+    Memory is bounded: at most `max_tracked` addresses (the oldest is forgotten first); IPv6
+    clients count per /64, the block one subscriber usually holds, so rotating addresses inside
+    it buys nothing. A successful request costs one dict lookup."""
+
+    def __init__(self, per_minute: int, max_tracked: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_tracked = max_tracked
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when counted)
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    @staticmethod
+    def key(address: str) -> str:
+        if ":" not in address:
+            return address
+        try:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        except ValueError:
+            return address
+
+    def _tokens(self, key: str, now: float) -> float:
+        entry = self._buckets.get(key)
+        if entry is None:
+            return self.capacity
+        tokens, when = entry
+        return min(self.capacity, tokens + (now - when) * self.rate)
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until `address` may try again, or None when it may now."""
+        if not self.enabled or not self._buckets:
+            return None
+        key = self.key(address)
+        if key not in self._buckets:
+            return None
+        tokens = self._tokens(key, self.clock())
+        if tokens >= 1.0:
+            return None
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+    def failed(self, address: str) -> bool:
+        """Count one failure; True when this one used the address's last try."""
+        if not self.enabled:
+            return False
+        key = self.key(address)
+        now = self.clock()
+        tokens = self._tokens(key, now) - 1.0
+        buckets = self._buckets
+        if key not in buckets and len(buckets) >= self.max_tracked:
+            del buckets[next(iter(buckets))]
+        buckets[key] = (max(tokens, 0.0), now)
+        return tokens < 1.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def _rooms(value: Any, what: str, required: bool) -> list[str]:
@@ -78,6 +147,7 @@ class PublishApi:
         self.presence = presence
         self.keys = [key.encode() for key in settings.api_keys]
         self.stats = ApiStats()
+        self.auth_throttle = AuthFailureThrottle(settings.api_auth_failures_per_min, settings.api_auth_tracked_addresses)
 
     def mount(self) -> None:
         router = self.server.router
@@ -102,10 +172,19 @@ class PublishApi:
 
     def _endpoint(self, method: str, action: Callable[["Request"], Awaitable[tuple[int, Any]]]) -> Callable[["Request"], Awaitable[None]]:
         async def handle(request: "Request") -> None:
+            retry_after: int | None = None
             try:
+                throttle = self.auth_throttle
+                address = self.server.client_address(request) if throttle.enabled else request.remote_address
+                retry_after = throttle.retry_after(address)
+                if retry_after is not None:
+                    self.stats.throttled += 1
+                    raise ApiError(429, "too many failed authentications", f"retry in {retry_after} s")
                 if not self.authorized(request):
                     self.stats.unauthorized += 1
-                    log.info("api_unauthorized path=%s address=%s", request.path, request.remote_address)
+                    log.info("api_unauthorized path=%s address=%s", request.path, address)
+                    if throttle.failed(address):
+                        log.warning("api_auth_throttled address=%s failures_per_min=%d", address, self.settings.api_auth_failures_per_min)
                     raise ApiError(401, "unauthorized")
                 if request.method != method:
                     raise ApiError(405, "method not allowed", f"use {method}")
@@ -117,6 +196,8 @@ class PublishApi:
                 if exc.detail:
                     error["detail"] = exc.detail
                 headers = [("WWW-Authenticate", "Bearer")] if exc.status == 401 else [("Allow", method)] if exc.status == 405 else []
+                if exc.status == 429 and retry_after is not None:
+                    headers = [("Retry-After", str(retry_after))]
                 request.respond(exc.status, orjson.dumps(error), headers, content_type=JSON)
                 return
             request.respond(status, orjson.dumps(body), content_type=JSON)

@@ -145,6 +145,19 @@ class Settings:
     )
     cors_origins: tuple[str, ...] = setting("CORS_ORIGINS", (), _origins, "comma-separated allowed origins for polling CORS ('*' for any); empty = no CORS headers")
     log_level: str = setting("LOG_LEVEL", "INFO", _level, "DEBUG logs every packet")
+    # -- the HTTP front's bounds (gateway/http.py): clients are not trusted to be quick or small --
+    http_header_timeout_ms: int = setting("HTTP_HEADER_TIMEOUT_MS", 10000, _int(100, 3_600_000), "a request line and headers must arrive within this (408, or a plain close when nothing was sent)")
+    http_body_timeout_ms: int = setting("HTTP_BODY_TIMEOUT_MS", 30000, _int(100, 3_600_000), "a request body must arrive within this after its headers (408)")
+    http_keepalive_timeout_ms: int = setting(
+        "HTTP_KEEPALIVE_TIMEOUT_MS", 75000, _int(100, 3_600_000), "close a keep-alive connection idle this long between requests (a pending long-poll or a WebSocket is not idle)"
+    )
+    http_max_header_bytes: int = setting("HTTP_MAX_HEADER_BYTES", 16384, _int(1024, 1 << 20), "request line plus headers, in bytes (431 beyond; 414 for the URL alone)")
+    http_max_headers: int = setting("HTTP_MAX_HEADERS", 100, _int(8, 10_000), "header lines a request may have (431 beyond)")
+    http_max_pipelined: int = setting("HTTP_MAX_PIPELINED", 16, _int(1, 10_000), "requests queued behind a pending one on a connection before reading pauses")
+    http_max_pipelined_bytes: int = setting("HTTP_MAX_PIPELINED_BYTES", 1 << 20, _int(1024, 1 << 30), "bodies queued behind a pending request on a connection before reading pauses")
+    http_max_connections: int = setting(
+        "HTTP_MAX_CONNECTIONS", 0, _int(0, 10_000_000), "open TCP connections, upgraded or not (more are closed at once); 0 = 90% of the open-file limit (RLIMIT_NOFILE)"
+    )
     redis_url: str | None = setting("REDIS_URL", None, _redis_url, "Redis for the cluster bridge; unset = single node, in-memory adapter")
     redis_prefix: str = setting("REDIS_KEY_PREFIX", "socket.io", _str, "channel prefix shared with @socket.io/redis-adapter (its `key` option)")
     requests_timeout_ms: int = setting("REQUESTS_TIMEOUT_MS", 5000, _int(10, 600_000), "timeout of cluster-wide requests (fetch_sockets, server_side_emit)")
@@ -171,6 +184,10 @@ class Settings:
     jwt_leeway_ms: int = setting("JWT_LEEWAY_MS", 0, _int(0, 3_600_000), "clock skew tolerated on exp/nbf")
     api_keys: tuple[str, ...] = setting("API_KEYS", (), _list, "comma-separated bearer keys for /api/*; empty = the API refuses every request")
     api_max_body_bytes: int = setting("API_MAX_BODY_BYTES", 65536, _int(64, 100_000_000), "largest /api request body (MAX_PAYLOAD_BYTES caps it too)")
+    api_auth_failures_per_min: int = setting(
+        "API_AUTH_FAILURES_PER_MIN", 30, _int(0, 1_000_000), "failed /api authentications a client address may make per minute (token bucket); beyond, 429 with Retry-After; 0 = no limit"
+    )
+    api_auth_tracked_addresses: int = setting("API_AUTH_TRACKED_ADDRESSES", 10000, _int(1, 10_000_000), "client addresses the failed-auth limit remembers (oldest forgotten first)")
     namespaces: tuple[str, ...] = setting("NAMESPACES", ("/",), _namespaces, "comma-separated namespaces clients may connect to")
     client_events: tuple[str, ...] = setting("CLIENT_EVENTS", ("typing:conversation:*",), _client_events, "event:room-pattern rules: events clients may relay to a matching room they joined")
     presence_rooms: tuple[str, ...] = setting("PRESENCE_ROOMS", ("company:*", "conversation:*"), _list, "room patterns whose online users are tracked; empty = no presence")

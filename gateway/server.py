@@ -1037,7 +1037,7 @@ class Server:
         self.started = True
         for nsp in list(self.namespaces.values()):
             await nsp.adapter.init()
-        self.http = HttpServer(self.router, self.settings.max_payload)
+        self.http = HttpServer(self.router, self.settings.max_payload, self.settings)
         self.port = await self.http.listen(host or self.settings.host, self.settings.port if port is None else port)
         log.info("listening host=%s port=%d path=%s", host or self.settings.host, self.port, self.settings.sio_path)
         return self.port

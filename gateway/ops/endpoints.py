@@ -8,7 +8,7 @@ server so several servers in one process (tests) do not collide.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
@@ -117,9 +117,48 @@ class GatewayCollector:
         yield CounterMetricFamily("sio_gateway_volatile_dropped", "Volatile packets dropped for a busy transport", value=a.dropped_volatile)
         yield CounterMetricFamily("sio_gateway_loop_lag_warnings", "Event-loop heartbeats late by half of LOOP_STALL_MS or more", value=loop_watchdog.stats.lag_warnings)
         yield CounterMetricFamily("sio_gateway_loop_pauses", "Whole-process pauses (SIGSTOP, frozen VM) not held against the loop by the watchdog", value=loop_watchdog.stats.pauses)
+        yield from http_metrics(server)
         extra = getattr(server.main.adapter, "collect_metrics", None)
         if extra is not None:
             yield from extra()
+
+
+def http_metrics(server: "Server") -> Iterator[Metric]:
+    """The HTTP front's bounds (gateway/http.py) and the publish API's failed-auth throttle:
+    every time a limit trips, so an operator sees hostile or broken clients without logs."""
+    http = server.http
+    if http is not None:
+        s = http.stats
+        yield GaugeMetricFamily("sio_gateway_http_connections", "Open TCP connections (upgraded or not)", value=len(http.connections))
+        timeouts = CounterMetricFamily("sio_gateway_http_timeouts", "HTTP connections timed out, by phase (header, body, keepalive)", labels=["phase"])
+        for phase, count in s.timeouts.items():
+            timeouts.add_metric([phase], count)
+        yield timeouts
+        yield CounterMetricFamily("sio_gateway_http_connections_over_limit", "TCP connections closed at once for HTTP_MAX_CONNECTIONS", value=s.connections_over_limit)
+        accept = CounterMetricFamily("sio_gateway_http_accept_errors", "Failed accepts (emfile/enfile: out of descriptors), by error", labels=["error"])
+        for kind, count in s.accept_errors.items():
+            accept.add_metric([kind], count)
+        yield accept
+        yield CounterMetricFamily("sio_gateway_http_headers_too_large", "Requests refused with 431/414 (HTTP_MAX_HEADER_BYTES, HTTP_MAX_HEADERS)", value=s.headers_too_large)
+        yield CounterMetricFamily("sio_gateway_http_bad_requests", "Requests the HTTP parser refused (400)", value=s.bad_requests)
+        yield CounterMetricFamily("sio_gateway_http_read_pauses", "Times reading paused for pipelined requests or an unread write buffer", value=s.read_pauses)
+    api = getattr(server, "api", None)
+    if api is not None:
+        yield CounterMetricFamily("sio_gateway_api_auth_throttled", "API requests answered 429 after API_AUTH_FAILURES_PER_MIN failed authentications", value=api.stats.throttled)
+
+
+# The operations endpoints only read: anything but GET (and HEAD, its headers) is refused.
+_ALLOW = [("Allow", "GET, HEAD")]
+
+
+def _read_only(handler: Callable[["Request"], Any]) -> Callable[["Request"], Any]:
+    def guarded(request: "Request") -> Any:
+        if request.method not in ("GET", "HEAD"):
+            request.respond(405, b'{"error":"method not allowed"}', _ALLOW, content_type="application/json", close=True)
+            return None
+        return handler(request)
+
+    return guarded
 
 
 def mount_ops(server: "Server") -> None:
@@ -141,6 +180,6 @@ def mount_ops(server: "Server") -> None:
     def metrics_handler(request: "Request") -> None:
         request.respond(200, generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    server.router.add("/health", health_handler)
-    server.router.add("/stats", stats_handler)
-    server.router.add("/metrics", metrics_handler)
+    server.router.add("/health", _read_only(health_handler))
+    server.router.add("/stats", _read_only(stats_handler))
+    server.router.add("/metrics", _read_only(metrics_handler))
