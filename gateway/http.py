@@ -76,6 +76,7 @@ _LOG_INTERVAL_S = 10.0
 _ACCEPT_OUT_OF_RESOURCES = {errno.EMFILE: "emfile", errno.ENFILE: "enfile", errno.ENOBUFS: "enobufs", errno.ENOMEM: "enomem"}
 
 PHASES = ("header", "body", "keepalive")
+_NO_QUEUE: tuple[()] = ()
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,8 @@ class HttpConnection(asyncio.Protocol):
         self._body_size = 0
         self._max_body = max_body
         self._too_large = False
-        self._queue: deque[Request] = deque()
+        # Requests waiting behind a pending one; a deque (~600 bytes) only once one has to wait.
+        self._queue: deque[Request] | tuple[()] = _NO_QUEUE
         self._queued_bytes = 0
         self._backlog: bytes | None = None
         self._current: Request | None = None
@@ -405,7 +407,7 @@ class HttpConnection(asyncio.Protocol):
             self._upgraded.connection_lost(exc)
         current = self._current
         self._current = None
-        self._queue.clear()
+        self._queue = _NO_QUEUE
         self._backlog = None
         if current is not None and not current.answered and current.on_abort is not None:
             abort, current.on_abort = current.on_abort, None
@@ -641,7 +643,10 @@ class HttpConnection(asyncio.Protocol):
         if self._current is None and not self._queue and not self._write_paused:
             self._dispatch(request)
         else:
-            self._queue.append(request)
+            queue = self._queue
+            if not isinstance(queue, deque):
+                queue = self._queue = deque()
+            queue.append(request)
             self._queued_bytes += len(request.body)
 
     def _dispatch(self, request: Request) -> None:
@@ -682,7 +687,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             queue = self._queue
             while self._current is None and queue and not self._write_paused and not self.closed:
-                request = queue.popleft()
+                request = queue.popleft()  # type: ignore[union-attr]  # non-empty: a deque
                 self._queued_bytes -= len(request.body)
                 self._dispatch(request)
             if self._backlog is not None and not self._holding() and not self.closed and not self._upgrade_pending:
