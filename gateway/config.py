@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .redis.urls import parse_sentinel_url
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -61,8 +63,6 @@ def _redis_url(raw: str) -> str | None:
     if not raw:
         return None
     if raw.startswith("redis+sentinel://"):
-        from .adapter.connection import parse_sentinel_url  # late: that module imports this one
-
         parse_sentinel_url(raw)  # raises ValueError naming what is wrong
         return raw
     if not raw.startswith(("redis://", "rediss://", "unix://")):
@@ -205,7 +205,7 @@ class Settings:
     redis_mode: str = setting("REDIS_MODE", "classic", _choice("classic", "sharded"), "classic: PUBLISH/SUBSCRIBE (createAdapter); sharded: Redis Cluster SPUBLISH/SSUBSCRIBE (createShardedAdapter)")
     redis_cluster_nodes: tuple[str, ...] = setting("REDIS_CLUSTER_NODES", (), _list, "comma-separated host:port seeds of the Redis Cluster (REDIS_MODE=sharded); empty = the host:port of REDIS_URL")
     redis_subscription_mode: str = setting("REDIS_SUBSCRIPTION_MODE", "dynamic", _choice("dynamic", "static", "dynamic-private"), "sharded subscriptionMode: dynamic = one channel per public room while this node has members in it")
-    # -- deployment (gateway/proxies.py, gateway/adapter/connection.py, gateway/topology.py) --
+    # -- deployment (gateway/proxies.py, gateway/redis/client.py, gateway/topology.py) --
     trusted_proxies: tuple[str, ...] = setting(
         "TRUSTED_PROXIES", (), _networks, "comma-separated proxy addresses/networks whose X-Forwarded-For is believed (e.g. 127.0.0.1 for a local nginx); empty = the peer address is the client"
     )

@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .adapter.connection import redis_client
 from .config import Settings
+from .redis.client import redis_client
 
 log = logging.getLogger("gateway.presence")
 

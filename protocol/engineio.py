@@ -71,11 +71,46 @@ def encode_text(packet: Packet) -> str:
     return _TEXT_PREFIX[packet.type] + (data if data else "")
 
 
+def encode_bytes(packet: Packet) -> bytes:
+    """The text form of a packet as UTF-8 bytes, ready to frame or to join into a payload."""
+    return encode_text(packet).encode()
+
+
+_MESSAGE_DIGIT = _TEXT_PREFIX[PacketType.MESSAGE]
+_MESSAGE_PREFIX = _MESSAGE_DIGIT.encode()
+
+
+def encode_message(data: bytes) -> bytes:
+    """A text MESSAGE packet carrying `data` (an encoded Socket.IO packet), as bytes."""
+    return _MESSAGE_PREFIX + data
+
+
+def message_data(text: str) -> str | None:
+    """The data of a text MESSAGE packet, or None when `text` is another packet type: the cheap
+    check for the packet nearly every frame carries, without building a `Packet`."""
+    if text[:1] == _MESSAGE_DIGIT:
+        return text[1:]
+    return None
+
+
+def binary_record(data: bytes) -> bytes:
+    """The polling record of a binary message: `b` + base64 of its data."""
+    return b"b" + base64.b64encode(data)
+
+
 def encode_polling_record(packet: Packet) -> str:
     """One record of a polling payload: text packets as is, binary messages as `b<base64>`."""
     if packet.binary:
-        return "b" + base64.b64encode(bytes(packet.data)).decode("ascii")  # type: ignore[arg-type]
+        return binary_record(bytes(packet.data)).decode("ascii")  # type: ignore[arg-type]
     return encode_text(packet)
+
+
+_SEPARATOR_BYTES = SEPARATOR.encode()
+
+
+def join_records(records: list[bytes]) -> bytes:
+    """Join encoded polling records (see `encode_bytes`, `binary_record`) into one payload."""
+    return _SEPARATOR_BYTES.join(records)
 
 
 def decode_text(text: str) -> Packet:

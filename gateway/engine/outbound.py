@@ -10,8 +10,7 @@ bound what it has queued with one integer add per recipient (MAX_BUFFERED_BYTES)
 
 from __future__ import annotations
 
-import base64
-
+from protocol import engineio
 from protocol.wsframe import binary_frame, text_frame
 
 
@@ -46,23 +45,17 @@ class Outbound:
         if records is None:
             records = [self.text] if self.text is not None else []
             for b in self.binaries:
-                records.append(b"b" + base64.b64encode(b))
+                records.append(engineio.binary_record(b))
             self._polling = records
         return records
 
     @classmethod
     def message(cls, sio_text: bytes, binaries: list[bytes] | tuple[bytes, ...] = ()) -> "Outbound":
         """An Engine.IO MESSAGE carrying an encoded Socket.IO packet."""
-        return cls(b"4" + sio_text, binaries)
-
+        return cls(engineio.encode_message(sio_text), binaries)
 
     @classmethod
     def binary(cls, data: bytes) -> "Outbound":
-        """A plain Engine.IO binary message."""
+        """A plain Engine.IO binary message (the plain Engine.IO echo endpoint sends these)."""
         return cls(None, (data,))
 
-
-PING = Outbound(b"2")
-NOOP = Outbound(b"6")
-CLOSE = Outbound(b"1")
-PROBE_PONG = Outbound(b"3probe")

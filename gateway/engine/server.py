@@ -1,5 +1,9 @@
 """The Engine.IO endpoint: validates requests, creates sessions, routes polling and upgrades.
 
+What a request for an existing session leads to (a stale poll after the upgrade, an upgrade
+refused, a duplicate GET) is the session machine's rule (`protocol.engine_session`); this module
+only finds the session and hands the request over.
+
 Mounted on the HTTP router at a path (`/socket.io/` for Socket.IO, `/engine.io/` for the plain
 echo endpoint used by the conformance suite). What a session carries is decided by the
 `on_connection` callback, which returns the session's receiver.
@@ -19,15 +23,12 @@ import secrets
 from typing import Any, Awaitable, Callable, Union
 
 from protocol import engineio
-from protocol.engineio import ErrorCode, Handshake, RequestRejected
+from protocol.engine_session import EngineSession
+from protocol.engineio import ErrorCode, RequestRejected
 
 from ..http import Request
-from .outbound import Outbound
 from .session import Receiver, Session
 from .websocket import WebSocketTransport, WriteBatcher, handshake
-
-# How long a poll for a session that already moved to WebSocket waits for its 400 (see `handle`).
-STALE_POLL_DELAY = 0.05
 
 log = logging.getLogger("gateway.engine")
 
@@ -164,21 +165,8 @@ class EngineServer:
             self.respond_error(request, ErrorCode.UNKNOWN_SID)
             return
         if check.transport == "websocket":
-            if session.ws is not None or session.probe is not None or session.upgrading or not self.allow_upgrades:
-                # As engine.io does: complete the handshake, then close the redundant WebSocket.
-                log.info("eio_upgrade_refused sid=%s", session.sid)
-                self._accept_websocket(request, lambda ws: ws.close(1008, "upgrade refused"))
-                return
-            self._accept_websocket(request, session.begin_upgrade)
-            return
-        if session.ws is not None:
-            # The session moved to WebSocket; polling requests for it are stale. The 400 waits a
-            # moment so that it never overtakes the upgrade's own frames (`3probe`) on their way
-            # to a client that sent the poll right behind its probe: a client reading both in one
-            # turn of its event loop could otherwise see the poll fail before the probe answer.
-            asyncio.get_running_loop().call_later(STALE_POLL_DELAY, self.respond_error, request, ErrorCode.BAD_REQUEST)
-            return
-        if request.method == "GET":
+            session.handle_upgrade(request)
+        elif request.method == "GET":
             session.handle_get(request)
         else:
             session.handle_post(request)
@@ -240,31 +228,29 @@ class EngineServer:
 
     def _open(self, request: Request, transport: str) -> None:
         sid = generate_id()
-        session = Session(self, sid, request)
-        if transport == "websocket" and not self._accept_websocket(request, session.attach_websocket):
+        machine = EngineSession(
+            sid,
+            websocket=transport == "websocket",
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            upgrade_timeout=self.upgrade_timeout,
+            max_payload=self.max_payload,
+            max_buffered_bytes=self.max_buffered_bytes,
+            allow_upgrades=self.allow_upgrades,
+        )
+        session = Session(self, machine, request)
+        if transport == "websocket" and not self.accept_websocket(request, session.attach_websocket):
             return
         self.sessions[sid] = session
         self.stats.sessions_opened += 1
-        hello = Handshake(
-            sid=sid,
-            upgrades=("websocket",) if transport == "polling" and self.allow_upgrades else (),
-            ping_interval=self.ping_interval_ms,
-            ping_timeout=self.ping_timeout_ms,
-            max_payload=self.max_payload,
-        ).to_packet()
-        open_text = engineio.encode_text(hello).encode()
-        if session.ws is not None:
-            session.ws.write(Outbound(open_text).ws)
-        else:
-            self.respond_poll(request, open_text)
-        session.start()
+        session.open(request)
         try:
             session.receiver = self.on_connection(session)
         except Exception:
             log.exception("on_connection_failed sid=%s", sid)
             session.close("server error")
 
-    def _accept_websocket(self, request: Request, attach: Callable[[WebSocketTransport], None]) -> bool:
+    def accept_websocket(self, request: Request, attach: Callable[[WebSocketTransport], None]) -> bool:
         """Complete the WebSocket handshake and hand the connection to `attach`; False (and an
         HTTP error already written) when the library refuses the handshake."""
         status, response = handshake(request.raw_path, request.headers)

@@ -1,26 +1,32 @@
-"""One Engine.IO session: transport-agnostic state shared by long-polling and WebSocket.
+"""One Engine.IO session on the event loop: carries out what `protocol.engine_session` decides.
 
-A session starts on polling or directly on WebSocket, may upgrade once from polling to WebSocket,
-pings its peer and closes itself when pongs stop. It knows nothing of Socket.IO: decoded messages
-go to its `receiver` (the Socket.IO `Client`), outgoing messages arrive as `Outbound` objects.
+The rules (polling, upgrade, heartbeat, closing, the output bound) are in the Sans-I/O machine
+`EngineSession`; this class holds what the machine does not see (the held GET, the WebSocket and
+the probe, timer handles, the application's receiver), feeds it what arrives and carries out the
+actions it returns, in order.
+
+Two fast paths skip the machine where it would decide nothing: a payload sent to a session on
+WebSocket is written straight to its connection (the broadcast path: one call per recipient, no
+action objects), and a text or binary message arriving on the session's WebSocket goes straight
+to the receiver (a message is delivered in every state where the session's WebSocket still has
+a listener).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from protocol import engineio
-from protocol.engineio import PacketType
-from protocol.errors import ProtocolError
+from protocol import engine_session as eio
+from protocol.engineio import ErrorCode
 
-from .outbound import CLOSE, NOOP, PING, PROBE_PONG, Outbound
+from .outbound import Outbound
 from .websocket import WebSocketTransport
 
 if TYPE_CHECKING:
     from ..http import Request
-    from .server import EngineServer
 
 log = logging.getLogger("gateway.engine")
 
@@ -33,54 +39,56 @@ class Receiver(Protocol):
     def on_close(self, reason: str) -> None: ...
 
 
-OPEN, CLOSING, CLOSED = "open", "closing", "closed"
+class SessionHost(Protocol):
+    """What a session needs from the endpoint that made it (`EngineServer`): HTTP answers in
+    the Engine.IO forms, WebSocket handshakes, bookkeeping and counters."""
 
-# After the probe, a pending poll is released with a noop on this period, not at once: what
-# engine.io's `maybeUpgrade` does (a 100 ms check interval), and what clients were tested with.
-UPGRADE_NOOP_INTERVAL = 0.1
+    def respond_poll(self, request: "Request", body: bytes) -> None: ...
+
+    def respond_ok(self, request: "Request") -> None: ...
+
+    def respond_error(self, request: "Request", code: ErrorCode) -> None: ...
+
+    def accept_websocket(self, request: "Request", attach: Callable[[WebSocketTransport], None]) -> bool: ...
+
+    def remove(self, session: "Session") -> None: ...
+
+    def on_upgraded(self, session: "Session") -> None: ...
+
+    def count_slow_consumer(self, session: "Session | None", transport: str, buffered: int) -> None: ...
+
+    def count_bad_packet(self, layer: str) -> None: ...
 
 
 class Session:
     __slots__ = (
         "server",
         "sid",
-        "state",
+        "machine",
         "ws",
         "probe",
-        "upgrading",
-        "buffer",
-        "queued_bytes",
         "pending_get",
         "receiver",
         "request",
         "_loop",
-        "_ping_timer",
-        "_pong_timer",
-        "_upgrade_timer",
-        "_upgrade_check",
-        "_flush_scheduled",
-        "_close_reason",
+        "_timers",
     )
 
-    def __init__(self, server: "EngineServer", sid: str, request: "Request") -> None:
+    def __init__(self, server: SessionHost, machine: eio.EngineSession, request: "Request") -> None:
         self.server = server
-        self.sid = sid
-        self.state = OPEN
+        self.sid = machine.sid
+        self.machine = machine
         self.ws: WebSocketTransport | None = None  # set once the session runs on WebSocket
         self.probe: WebSocketTransport | None = None  # a WebSocket being upgraded to
-        self.upgrading = False
-        self.buffer: list[Outbound] = []  # polling only
-        self.queued_bytes = 0  # the sum of `size` over `buffer`, bounded by MAX_BUFFERED_BYTES
-        self.pending_get: "Request | None" = None
+        self.pending_get: "Request | None" = None  # the held long-poll GET
         self.receiver: Receiver | None = None
         self.request = request  # the handshake request (headers, query, address)
         self._loop = asyncio.get_running_loop()
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._pong_timer: asyncio.TimerHandle | None = None
-        self._upgrade_timer: asyncio.TimerHandle | None = None
-        self._upgrade_check: asyncio.TimerHandle | None = None
-        self._flush_scheduled = False
-        self._close_reason = ""
+        self._timers: dict[eio.Timer, asyncio.TimerHandle] = {}
+
+    @property
+    def state(self) -> eio.State:
+        return self.machine.state
 
     @property
     def transport_name(self) -> str:
@@ -94,21 +102,9 @@ class Session:
         if ws is not None:
             ws.write(out.ws)
             return
-        if self.state is not OPEN:
-            return
-        self.buffer.append(out)
-        queued = self.queued_bytes + out.size
-        self.queued_bytes = queued
-        if queued > self.server.max_buffered_bytes:
-            # Free the queue now; end the session soon after, not inside the broadcast that is
-            # iterating over the room this session is about to leave.
-            self.buffer = []
-            self.queued_bytes = 0
-            self._loop.call_soon(self.slow_consumer, queued)
-            return
-        if self.pending_get is not None and not self._flush_scheduled and not self.upgrading:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        follow = self.machine.send(out)
+        if follow:
+            self._run(follow)
 
     @property
     def writable(self) -> bool:
@@ -116,300 +112,236 @@ class Session:
         ws = self.ws
         if ws is not None:
             return ws.writable
-        return self.pending_get is not None and not self.upgrading
+        return self.machine.writable
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        request = self.pending_get
-        if request is None or not self.buffer:
-            return
-        self.pending_get = None
-        records: list[bytes] = []
-        for out in self.buffer:
-            records.extend(out.polling)
-        self.buffer = []
-        self.queued_bytes = 0
-        self.server.respond_poll(request, b"\x1e".join(records))
-        # A client that asks for a poll but does not read the answer holds it in our send queue.
-        transport = request.conn.transport
-        if transport is not None and self.state is OPEN:
-            buffered = transport.get_write_buffer_size()
-            if buffered > self.server.max_buffered_bytes:
-                self._loop.call_soon(self.slow_consumer, buffered)
+        self._run(self.machine.flush())
 
-    def slow_consumer(self, buffered: int) -> None:
-        """The polling peer does not take what it is sent (it posts, but never collects): drop
-        what is queued and end the session ("transport error"), as a WebSocket whose send queue
-        overflows is dropped, instead of queueing without limit."""
-        if self.state is CLOSED:
-            return
-        self.server.count_slow_consumer(self, "polling", buffered)
-        self.buffer = []
-        self.queued_bytes = 0
-        request, self.pending_get = self.pending_get, None
-        if request is not None:
-            request.answered = True  # never answered: the connection goes with the session
-            request.on_abort = None
-            transport = request.conn.transport
-            if transport is not None:
-                transport.abort()
-        if self.state is OPEN:
-            self.close("transport error")
-        else:
-            self._finish_close()
+    def _drop(self, buffered: int) -> None:
+        self._run(self.machine.output_over_bound(buffered))
 
-    # -- heartbeat -----------------------------------------------------------------------------
+    # -- what arrives ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._schedule_ping()
-
-    def _schedule_ping(self) -> None:
-        self._ping_timer = self._loop.call_later(self.server.ping_interval, self._ping)
-
-    def _ping(self) -> None:
-        self._ping_timer = None
-        if self.state is not OPEN:
-            return
-        self.send(PING)
-        self._pong_timer = self._loop.call_later(self.server.ping_timeout, self._ping_timed_out)
-
-    def _ping_timed_out(self) -> None:
-        self._pong_timer = None
-        self.close("ping timeout")
-
-    def _on_pong(self) -> None:
-        if self._pong_timer is not None:
-            self._pong_timer.cancel()
-            self._pong_timer = None
-            self._schedule_ping()
-
-    # -- receiving -----------------------------------------------------------------------------
-
-    def on_packet(self, packet: engineio.Packet) -> None:
-        ptype = packet.type
-        if ptype is PacketType.MESSAGE:
-            if self.receiver is not None:
-                self.receiver.on_message(packet.data)  # type: ignore[arg-type]
-        elif ptype is PacketType.PONG:
-            self._on_pong()
-        elif ptype is PacketType.CLOSE:
-            self.close("transport close", by_client=True)
-        elif ptype is PacketType.NOOP:
-            pass
-        else:
-            # OPEN/UPGRADE/PING on an established transport break the protocol.
-            self.server.count_bad_packet("engineio")
-            log.info("eio_unexpected_packet sid=%s type=%s", self.sid, ptype.name)
-            self.close("parse error")
-
-    # -- polling -------------------------------------------------------------------------------
+    def open(self, request: "Request") -> None:
+        """Send the handshake on the session's first transport and start the heartbeat."""
+        self._run(self.machine.open(), request)
 
     def handle_get(self, request: "Request") -> None:
-        if self.pending_get is not None:
-            log.info("eio_duplicate_get sid=%s", self.sid)
-            self.server.respond_error(request, engineio.ErrorCode.BAD_REQUEST)
-            self.close("transport error")
-            return
-        if self.state is CLOSING:
-            self.server.respond_poll(request, CLOSE.text)  # type: ignore[arg-type]
-            self._finish_close()
-            return
-        if self.buffer:
-            self.pending_get = request
-            self._flush()
-            return
-        # Held until there is something to send (or, during an upgrade, until the next noop).
-        self.pending_get = request
-        request.on_abort = self._get_aborted
-
-    def _get_aborted(self) -> None:
-        """The connection of the pending poll closed: the client is gone (a closed tab, a killed
-        process, a proxy that passed the close on). As engine.io ("poll connection closed
-        prematurely"), the session ends now, not at the ping timeout."""
-        self.pending_get = None
-        if self.state is OPEN:
-            log.info("eio_poll_closed sid=%s", self.sid)
-            self.close("transport error")
+        self._run(self.machine.receive_get(), request)
 
     def handle_post(self, request: "Request") -> None:
-        try:
-            packets = engineio.decode_payload(request.body.decode("utf-8"))
-        except (ProtocolError, UnicodeDecodeError) as exc:
-            self.server.count_bad_packet("engineio")
-            log.info("eio_bad_payload sid=%s error=%r", self.sid, str(exc))
-            self.server.respond_error(request, engineio.ErrorCode.BAD_REQUEST)
-            self.close("parse error")
-            return
-        # Answer first: handlers below may close the session, the POST itself succeeded.
-        self.server.respond_ok(request)
-        for packet in packets:
-            if self.state is not OPEN:
-                break
-            self.on_packet(packet)
+        self._run(self.machine.receive_post(request.body), request)
 
-    # -- WebSocket -----------------------------------------------------------------------------
+    def handle_upgrade(self, request: "Request") -> None:
+        """A WebSocket upgrade request carrying this session's id."""
+        self._run(self.machine.upgrade_requested(), request)
+
+    def _poll_lost(self) -> None:
+        self.pending_get = None
+        self._run(self.machine.poll_lost())
 
     def attach_websocket(self, ws: WebSocketTransport) -> None:
         """A session that starts directly on WebSocket."""
         self.ws = ws
         ws.listener = self
 
-    def begin_upgrade(self, ws: WebSocketTransport) -> None:
+    def _attach_probe(self, ws: WebSocketTransport) -> None:
         self.probe = ws
         ws.listener = _Probe(self)
-        self._upgrade_timer = self._loop.call_later(self.server.upgrade_timeout, self._upgrade_timed_out)
 
-    def _upgrade_timed_out(self) -> None:
-        self._upgrade_timer = None
-        probe, self.probe = self.probe, None
-        self._end_upgrade()
-        if probe is not None:
-            log.info("eio_upgrade_timeout sid=%s", self.sid)
-            probe.listener = None
-            probe.close(1000, "upgrade timeout")
+    def ws_message(self, ws: WebSocketTransport, data: str | bytes) -> None:
+        if isinstance(data, str):
+            text = engineio.message_data(data)
+            if text is None:
+                self._run(self.machine.receive_ws(data))
+                return
+            data = text
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.on_message(data)
+
+    def ws_closed(self, ws: WebSocketTransport, reason: str) -> None:
+        if self.ws is ws:
+            self._run(self.machine.ws_closed(reason))
 
     def probe_message(self, ws: WebSocketTransport, data: str | bytes) -> None:
-        if data == "2probe":
-            # At once, not at the end of the tick, so it cannot trail a stale poll's 400.
-            ws.write_now(PROBE_PONG.ws)
-            self.upgrading = True
-            if self._upgrade_check is not None:
-                self._upgrade_check.cancel()
-            self._upgrade_check = self._loop.call_later(UPGRADE_NOOP_INTERVAL, self._upgrade_noop)
-        elif data == "5" and self.upgrading:
-            self._finish_upgrade(ws)
-        else:
-            log.info("eio_bad_probe sid=%s", self.sid)
-            self.probe = None
-            self._end_upgrade()
-            ws.listener = None
-            ws.close(1002, "invalid upgrade")
-
-    def _upgrade_noop(self) -> None:
-        """Release a pending poll with a noop so the client can send its upgrade packet; again
-        every interval while the upgrade is under way (a later GET is held until then)."""
-        self._upgrade_check = None
-        if not self.upgrading or self.state is not OPEN:
-            return
-        if self.pending_get is not None and self.ws is None:
-            request, self.pending_get = self.pending_get, None
-            self.server.respond_poll(request, NOOP.text)  # type: ignore[arg-type]
-        self._upgrade_check = self._loop.call_later(UPGRADE_NOOP_INTERVAL, self._upgrade_noop)
-
-    def _end_upgrade(self) -> None:
-        """The upgrade finished or failed: stop its timers; if polling goes on, a poll held
-        during the upgrade takes what was queued meanwhile."""
-        self.upgrading = False
-        for name in ("_upgrade_timer", "_upgrade_check"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
-        if self.ws is None and self.pending_get is not None and self.buffer and not self._flush_scheduled and self.state is OPEN:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _finish_upgrade(self, ws: WebSocketTransport) -> None:
-        self.probe = None
-        if self.pending_get is not None:
-            request, self.pending_get = self.pending_get, None
-            self.server.respond_poll(request, NOOP.text)  # type: ignore[arg-type]
-        self._end_upgrade()
-        self.ws = ws
-        ws.listener = self
-        buffered, self.buffer = self.buffer, []
-        self.queued_bytes = 0
-        if buffered:
-            ws.write(b"".join([out.ws for out in buffered]))
-        self.server.on_upgraded(self)
+        if self.probe is ws:
+            self._run(self.machine.receive_probe(data))
 
     def probe_closed(self, ws: WebSocketTransport) -> None:
         if self.probe is ws:
             self.probe = None
-            self._end_upgrade()
+            self._run(self.machine.probe_closed())
 
-    def ws_message(self, ws: WebSocketTransport, data: str | bytes) -> None:
-        if isinstance(data, str):
-            if data[:1] == "4":
-                receiver = self.receiver
-                if receiver is not None:
-                    receiver.on_message(data[1:])
-                return
-            try:
-                packet = engineio.decode_text(data)
-            except ProtocolError as exc:
-                self.server.count_bad_packet("engineio")
-                log.info("eio_bad_packet sid=%s error=%r", self.sid, str(exc))
-                self.close("parse error")
-                return
-            self.on_packet(packet)
-        else:
-            receiver = self.receiver
-            if receiver is not None:
-                receiver.on_message(data)
+    def close(self, reason: str) -> None:
+        """Close the session from the server side."""
+        self._run(self.machine.close(reason))
 
-    def ws_closed(self, ws: WebSocketTransport, reason: str) -> None:
-        if self.ws is ws and self.state is not CLOSED:
-            self._finish_close(reason if self.state is OPEN else self._close_reason)
+    def _timer_fired(self, timer: eio.Timer) -> None:
+        self._timers.pop(timer, None)
+        self._run(self.machine.timer_fired(timer))
 
-    # -- closing -------------------------------------------------------------------------------
+    # -- carrying out ------------------------------------------------------------------------------
 
-    def close(self, reason: str, by_client: bool = False) -> None:
-        """Close the session. Server-initiated closes tell the client (`1` over polling, a close
-        frame over WebSocket); a close asked by the client releases a pending poll with a noop."""
-        if self.state is not OPEN:
-            return
-        if self.ws is None and self.pending_get is not None and self.buffer and not self.upgrading:
-            self._flush()  # as engine.io: what was sent before close() goes out first
-        self.state = CLOSING
-        self._close_reason = reason
-        self._cancel_timers()
-        if self.probe is not None:
-            probe, self.probe = self.probe, None
-            probe.listener = None
-            probe.close(1001, "session closed")
-        ws = self.ws
-        if ws is not None:
-            ws.listener = None
-            ws.close(1000, "")
-            self._finish_close(reason)
-            return
-        request, self.pending_get = self.pending_get, None
-        if request is not None:
-            self.server.respond_poll(request, (NOOP if by_client else CLOSE).text)  # type: ignore[arg-type]
-            self._finish_close(reason)
-        elif by_client or reason in ("ping timeout", "transport error", "parse error"):
-            self._finish_close(reason)
-        else:
-            # Server-initiated close while no GET is pending: the next GET collects the `1`.
-            # Do not keep the session forever if that GET never comes.
-            self._loop.call_later(self.server.ping_timeout, self._finish_close)
-            self._notify_close(reason)
+    def _run(self, outputs: Iterable[eio.Output], request: "Request | None" = None) -> None:
+        """Carry out the machine's outputs in order; `request` is the request being handled."""
+        for item in outputs:
+            _CARRY_OUT[item.__class__](self, item, request)
 
-    def _finish_close(self, reason: str | None = None) -> None:
-        if self.state is CLOSED:
-            return
-        self.state = CLOSED
-        self._cancel_timers()
-        self.buffer = []
-        self.queued_bytes = 0
-        self.server.remove(self)
-        self._notify_close(reason or self._close_reason)
+    def _message(self, item: eio.Message, request: "Request | None") -> None:
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.on_message(item.data)
 
-    def _notify_close(self, reason: str) -> None:
+    def _closed(self, item: eio.Closed, request: "Request | None") -> None:
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             try:
-                receiver.on_close(reason)
+                receiver.on_close(item.reason)
             except Exception:
                 log.exception("receiver_on_close_failed sid=%s", self.sid)
 
-    def _cancel_timers(self) -> None:
-        for name in ("_ping_timer", "_pong_timer", "_upgrade_timer", "_upgrade_check"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+    def _reply(self, item: eio.Reply, request: "Request | None") -> None:
+        assert request is not None
+        self._answer_poll(request, item.body)
+
+    def _reply_ok(self, item: eio.ReplyOk, request: "Request | None") -> None:
+        assert request is not None
+        self.server.respond_ok(request)
+
+    def _reply_error(self, item: eio.ReplyError, request: "Request | None") -> None:
+        assert request is not None
+        if item.delay:
+            self._loop.call_later(item.delay, self.server.respond_error, request, item.code)
+        else:
+            self.server.respond_error(request, item.code)
+
+    def _hold_poll(self, item: eio.HoldPoll, request: "Request | None") -> None:
+        assert request is not None
+        self.pending_get = request
+        request.on_abort = self._poll_lost
+
+    def _release_poll(self, item: eio.ReleasePoll, request: "Request | None") -> None:
+        held, self.pending_get = self.pending_get, None
+        if held is not None:
+            self._answer_poll(held, item.body)
+
+    def _answer_poll(self, request: "Request", body: bytes) -> None:
+        self.server.respond_poll(request, body)
+        # A client that asks for a poll but does not read the answer holds it in our send queue.
+        transport = request.conn.transport
+        if transport is not None:
+            follow = self.machine.poll_written(transport.get_write_buffer_size())
+            if follow:
+                self._run(follow)
+
+    def _abort_poll(self, item: eio.AbortPoll, request: "Request | None") -> None:
+        held, self.pending_get = self.pending_get, None
+        if held is not None:
+            held.answered = True  # never answered: the connection goes with the session
+            held.on_abort = None
+            transport = held.conn.transport
+            if transport is not None:
+                transport.abort()
+
+    def _flush_soon(self, item: eio.FlushSoon, request: "Request | None") -> None:
+        self._loop.call_soon(self._flush)
+
+    def _drop_soon(self, item: eio.DropSoon, request: "Request | None") -> None:
+        self._loop.call_soon(self._drop, item.buffered)
+
+    def _slow_consumer(self, item: eio.SlowConsumer, request: "Request | None") -> None:
+        self.server.count_slow_consumer(self, item.transport, item.buffered)
+
+    def _write_ws(self, item: eio.WriteWs, request: "Request | None") -> None:
+        ws = self.ws
+        if ws is not None:
+            ws.write(item.frames)
+
+    def _close_ws(self, item: eio.CloseWs, request: "Request | None") -> None:
+        ws = self.ws
+        if ws is not None:
+            ws.listener = None
+            ws.close(item.code, item.reason)
+
+    def _accept_probe(self, item: eio.AcceptProbe, request: "Request | None") -> None:
+        assert request is not None
+        if not self.server.accept_websocket(request, self._attach_probe):
+            self._run(self.machine.probe_closed())  # the library refused the handshake
+
+    def _refuse_upgrade(self, item: eio.RefuseUpgrade, request: "Request | None") -> None:
+        assert request is not None
+        self.server.accept_websocket(request, _close_refused)
+
+    def _write_probe(self, item: eio.WriteProbe, request: "Request | None") -> None:
+        probe = self.probe
+        if probe is not None:
+            probe.write_now(item.frames)
+
+    def _close_probe(self, item: eio.CloseProbe, request: "Request | None") -> None:
+        probe, self.probe = self.probe, None
+        if probe is not None:
+            probe.listener = None
+            probe.close(item.code, item.reason)
+
+    def _upgraded(self, item: eio.Upgraded, request: "Request | None") -> None:
+        ws, self.probe = self.probe, None
+        assert ws is not None
+        self.ws = ws
+        ws.listener = self
+        self.server.on_upgraded(self)
+
+    def _set_timer(self, item: eio.SetTimer, request: "Request | None") -> None:
+        old = self._timers.pop(item.timer, None)
+        if old is not None:
+            old.cancel()
+        self._timers[item.timer] = self._loop.call_later(item.delay, self._timer_fired, item.timer)
+
+    def _cancel_timer(self, item: eio.CancelTimer, request: "Request | None") -> None:
+        handle = self._timers.pop(item.timer, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _ended(self, item: eio.Ended, request: "Request | None") -> None:
+        self.server.remove(self)
+
+    def _note(self, item: eio.Note, request: "Request | None") -> None:
+        if item.bad_packet:
+            self.server.count_bad_packet("engineio")
+        if item.detail:
+            log.info("%s sid=%s %s", item.event, self.sid, item.detail)
+        else:
+            log.info("%s sid=%s", item.event, self.sid)
+
+
+def _close_refused(ws: WebSocketTransport) -> None:
+    ws.close(1008, "upgrade refused")
+
+
+_CARRY_OUT: dict[type, Callable[[Session, object, "Request | None"], None]] = {
+    eio.Message: Session._message,
+    eio.Closed: Session._closed,
+    eio.Reply: Session._reply,
+    eio.ReplyOk: Session._reply_ok,
+    eio.ReplyError: Session._reply_error,
+    eio.HoldPoll: Session._hold_poll,
+    eio.ReleasePoll: Session._release_poll,
+    eio.AbortPoll: Session._abort_poll,
+    eio.FlushSoon: Session._flush_soon,
+    eio.DropSoon: Session._drop_soon,
+    eio.SlowConsumer: Session._slow_consumer,
+    eio.WriteWs: Session._write_ws,
+    eio.CloseWs: Session._close_ws,
+    eio.AcceptProbe: Session._accept_probe,
+    eio.RefuseUpgrade: Session._refuse_upgrade,
+    eio.WriteProbe: Session._write_probe,
+    eio.CloseProbe: Session._close_probe,
+    eio.Upgraded: Session._upgraded,
+    eio.SetTimer: Session._set_timer,
+    eio.CancelTimer: Session._cancel_timer,
+    eio.Ended: Session._ended,
+    eio.Note: Session._note,
+}  # type: ignore[dict-item]
 
 
 class _Probe:
