@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from gateway.adapter.connection import (
+from gateway.redis.client import (
     RedisSettingsError,
     SentinelMasterClient,
     SentinelTarget,
