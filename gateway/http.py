@@ -40,10 +40,16 @@ from urllib.parse import parse_qsl, unquote
 
 import httptools
 
+from protocol.engineio import ErrorCode, error_body
+
 if TYPE_CHECKING:
     from .config import Settings
 
 log = logging.getLogger("gateway.http")
+
+# What a request refused before it reaches a handler is answered with: the clients here are
+# Engine.IO clients, and this is the body they expect of a bad request.
+_BAD_REQUEST_BODY = error_body(ErrorCode.BAD_REQUEST)
 
 _REASONS = {
     101: "Switching Protocols",
@@ -585,7 +591,7 @@ class HttpConnection(asyncio.Protocol):
         elif reason not in ("bad_request", "timeout", "body_too_large"):
             self._throttle(logging.INFO, "http_request_refused", "peer=%s status=%d reason=%s", _peer_text(self.peer), status, reason)
         if self._current is None and not self._queue:
-            self._write_simple(status, b'{"code":3,"message":"Bad request"}')
+            self._write_simple(status, _BAD_REQUEST_BODY)
         self.close()
 
     # -- timers ---------------------------------------------------------------------------------
@@ -743,7 +749,7 @@ class HttpConnection(asyncio.Protocol):
         request = self._make_request(is_upgrade=True)
         if self._current is not None or self._queue:
             # An upgrade pipelined behind a pending response is not something clients do.
-            self._write_simple(400, b'{"code":3,"message":"Bad request"}')
+            self._write_simple(400, _BAD_REQUEST_BODY)
             self.close()
             return
         handler = self.router.resolve(request.path)
@@ -762,7 +768,7 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         if not request.answered:
-            self._write_simple(400, b'{"code":3,"message":"Bad request"}')
+            self._write_simple(400, _BAD_REQUEST_BODY)
             self.close()
         elif self._upgrade_pending and not self.closed:
             self._update_reading()  # answered later (an async admission hook): hold reads until then
