@@ -52,12 +52,8 @@ def build_server(settings: Settings, server_class: type[Server] = Server) -> Ser
     """A Server with the in-memory adapter, the Redis cluster adapter when REDIS_URL is set, or
     the sharded Redis Cluster adapter with REDIS_MODE=sharded."""
     adapter_factory = None
-    if settings.redis_mode == "sharded":
-        from .adapter.sharded import sharded_adapter_factory
-
-        adapter_factory = sharded_adapter_factory(settings)
-    elif settings.redis_url:
-        from .adapter.cluster import cluster_adapter_factory
+    if settings.redis_mode == "sharded" or settings.redis_url:
+        from .cluster import cluster_adapter_factory
 
         adapter_factory = cluster_adapter_factory(settings)
     return server_class(settings, adapter_factory=adapter_factory)

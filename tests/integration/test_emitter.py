@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.adapter.emitter import Emitter
+from gateway.emitter import Emitter
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "redis-adapter-vectors.json"
 CAPTURE_TIMEOUT_S = 3.0

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.adapter.emitter import Emitter
+from gateway.emitter import Emitter
 from tests.conftest import RedisServerProcess
 from tests.gateway_process import GatewayProcess
 from tests.node_driver import NodeDriver

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from gateway.adapter.sharded import ShardedBridge, SlotMap, SlotMapUnavailable, parse_cluster_nodes, seed_addresses
+from gateway.cluster.sharded import ShardedTransport as ShardedBridge
+from gateway.cluster.slots import SlotMap, SlotMapUnavailable, parse_cluster_nodes, seed_addresses
 from gateway.config import ConfigError, Settings
 
 # What Redis 7 answers to CLUSTER SLOTS (ranges unordered, an empty host on one master).

@@ -1,0 +1,440 @@
+"""The classic Redis transport: PUBLISH / PSUBSCRIBE, wire-compatible with @socket.io/redis-adapter
+8.3's `createAdapter` (protocol/cluster/classic.py is its codec).
+
+Publishing never blocks a broadcast: messages go to an ordered outbox drained by one writer task
+(pipelined, so a burst costs one round trip). The subscriber proves its subscriptions with a probe
+sent through Redis to itself, and a watchdog keeps probing (supervision rules: transport.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Iterable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from protocol.cluster import (
+    AllRooms,
+    Broadcast,
+    DisconnectSockets,
+    FetchSockets,
+    Message,
+    Response,
+    Room,
+    ServerSideEmit,
+    SingleSocket,
+    SocketIds,
+    SocketsJoin,
+    SocketsLeave,
+    broadcast_pattern,
+    classic,
+    new_classic_id,
+    new_sharded_id,
+    numeric_room,
+    request_channel,
+    response_channel,
+)
+from protocol.errors import ClusterMessageError
+
+from ..adapter.connection import redis_client
+from ..adapter.streams import PublishStream, SubscriberStream
+from ..config import Settings
+from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
+
+log = logging.getLogger("gateway.cluster")
+
+
+class ClassicTransport(SupervisedLinks):
+    """PUBLISH / PSUBSCRIBE over one Redis (or a Sentinel-managed master): the wire format of
+    @socket.io/redis-adapter's `createAdapter`. One publisher and one dedicated subscriber
+    connection, shared by all the namespaces of a server.
+
+    Supervision: both links reconnect with exponential backoff and jitter; the subscriber
+    re-establishes every subscription and proves it with a probe message sent through Redis to
+    itself before the link counts as up; a watchdog keeps probing and rebuilds a subscriber that
+    stops receiving (a Redis-side kill of a slow subscriber, a half-open TCP connection). While
+    the publisher is down, cross-node messages wait in a bounded outbox and are replayed in order.
+    """
+
+    watches_rooms = False
+    carries = frozenset({Broadcast, SocketsJoin, SocketsLeave, DisconnectSockets, FetchSockets, ServerSideEmit, AllRooms, SocketIds, SingleSocket})
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url
+        super().__init__(settings)
+        self.url = settings.redis_url
+        self.prefix = settings.redis_prefix
+        self.specific_responses = settings.publish_on_specific_response_channel
+        self.members: dict[str, ClusterMember] = {}
+        self.channels: dict[bytes, tuple[ClusterMember, bool]] = {}  # channel -> (member, is request channel)
+        self.patterns: dict[bytes, tuple[ClusterMember, bytes]] = {}  # pattern -> (member, `P#N#`)
+        self.request_channels: dict[str, bytes] = {}
+        self.pub: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._pub_stream: PublishStream | None = None
+        self.node_tag = new_sharded_id()
+        self.probe_channel = f"{self.prefix}-gateway-probe#{self.node_tag}#".encode()
+        self._probe_seen = 0.0
+        self._probe_waiter: asyncio.Future[None] | None = None
+        # Subscribers of our request channels (one per node) as last seen while the links were
+        # up: after an outage the outbox waits for as many before it is replayed.
+        self._peer_counts: dict[bytes, int] = {}
+
+    def new_id(self) -> str:
+        return new_classic_id()
+
+    def figures(self) -> Iterable[tuple[str, str, str, float]]:
+        return ()
+
+    # -- registration --------------------------------------------------------------------------
+
+    def register(self, member: ClusterMember) -> None:
+        name, prefix = member.name, self.prefix
+        self.members[name] = member
+        self.patterns[broadcast_pattern(prefix, name).encode()] = (member, f"{prefix}#{name}#".encode())
+        request = self.request_channels[name] = request_channel(prefix, name).encode()
+        self.channels[request] = (member, True)
+        self.channels[response_channel(prefix, name).encode()] = (member, False)
+        self.channels[response_channel(prefix, name, member.uid).encode()] = (member, False)
+        if self._pubsub is not None and self.sub_up:
+            asyncio.ensure_future(self._subscribe_member(self._pubsub, member))
+
+    def unregister(self, member: ClusterMember) -> None:
+        self.members.pop(member.name, None)
+        self.request_channels.pop(member.name, None)
+        for pattern, (owner, _) in list(self.patterns.items()):
+            if owner is member:
+                del self.patterns[pattern]
+        for channel, (owner, _) in list(self.channels.items()):
+            if owner is member:
+                del self.channels[channel]
+
+    def watch(self, member: ClusterMember, room: Room) -> None:
+        """Rooms have no channels of their own here: the pattern covers them."""
+
+    def unwatch(self, member: ClusterMember, room: Room) -> None:
+        """Rooms have no channels of their own here: the pattern covers them."""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _client(self, socket_timeout: float | None = 5.0) -> aioredis.Redis:
+        return redis_client(
+            self.settings,
+            decode_responses=False,
+            socket_connect_timeout=2.0,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            socket_keepalive_options=TCP_KEEPALIVE,
+            health_check_interval=0,
+            retries=False,  # our supervisor owns reconnecting; a silent retry could publish twice
+        )
+
+    async def start(self) -> None:
+        """Start the links. Returns quickly even when Redis is down: the node serves its local
+        clients at once and joins the cluster when Redis appears."""
+        if self.started:
+            return
+        self.started = True
+        # No read timeout on the publisher: a batch that timed out may still be executed by a
+        # Redis that was only frozen, and replaying it would deliver it twice. A frozen Redis
+        # shows in the subscriber's watchdog instead; a dead peer in TCP keepalive.
+        self.pub = self._client(socket_timeout=None)
+        await self._start_links(self._subscriber_loop(), self._publisher_loop(), "cluster")
+
+    async def close(self) -> None:
+        await self._stop_links()
+        if self._pub_stream is not None:
+            await self._pub_stream.aclose()
+            self._pub_stream = None
+        if self.pub is not None:
+            try:
+                await self.pub.aclose()
+            except Exception:
+                pass
+
+    # -- subscriber ----------------------------------------------------------------------------
+
+    async def _subscribe_member(self, pubsub: Any, member: ClusterMember) -> None:
+        patterns = [p for p, (owner, _) in self.patterns.items() if owner is member]
+        channels = [c for c, (owner, _) in self.channels.items() if owner is member]
+        await pubsub.psubscribe(*patterns)
+        await pubsub.subscribe(*channels)
+
+    async def _verify(self, pubsub: Any, client: aioredis.Redis) -> None:
+        """Prove the subscriptions work: a probe published to our own probe channel must come
+        back through this very subscriber, and Redis must count our request subscriptions."""
+        loop = asyncio.get_running_loop()
+        self._probe_waiter = loop.create_future()
+        deadline = time.monotonic() + 3.0
+        token = self.node_tag.encode()
+        while not self._probe_waiter.done():
+            await client.publish(self.probe_channel, token)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message is not None:
+                self._dispatch(message)
+            if time.monotonic() > deadline:
+                raise ConnectionError("subscription probe did not come back")
+        self._probe_waiter = None
+        for channel in list(self.request_channels.values()):
+            result = await client.execute_command("PUBSUB", "NUMSUB", channel)
+            if int(result[1]) < 1:
+                raise ConnectionError(f"request channel {channel!r} not subscribed")
+
+    async def _subscriber_loop(self) -> None:
+        watchdog = self.settings.watchdog_ms / 1000
+        probe_every = max(0.1, watchdog / 3)
+        settle_time = self.settings.reconnect_max_ms / 1000 + 1.0
+        while not self._closing:
+            client = self._client()
+            pubsub = SubscriberStream(client)
+            try:
+                await pubsub.subscribe(self.probe_channel)
+                for member in list(self.members.values()):
+                    await self._subscribe_member(pubsub, member)
+                await self._verify(pubsub, client)
+                self._pubsub = pubsub
+                self.sub_up = True
+                self._link_restored("subscriber", self._sub_attempts)
+                recovering = self._sub_attempts > 0
+                self._sub_attempts = 0
+                self._probe_seen = up_since = time.monotonic()
+                next_probe = time.monotonic() + probe_every
+                acked_sent = acked_at = 0.0  # last probe Redis acknowledged: when sent, when acked
+                stalled_since = 0.0
+                while not self._closing:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(1.0, probe_every))
+                    if message is not None:
+                        self._dispatch(message)
+                    now = time.monotonic()
+                    if now >= next_probe:
+                        next_probe = now + probe_every
+                        try:
+                            # After an outage, peers are counted only once they have had a reconnect
+                            # cap to come back (the count from before is what a replay waits for).
+                            settled = self.pub_up and not self._pub_attempts and (not recovering or now - up_since > settle_time)
+                            receivers = await asyncio.wait_for(self._probe(client, settled), probe_every)
+                        except (asyncio.TimeoutError, RedisTimeout):
+                            pass  # Redis does not answer at all: a stall, judged below
+                        except (RedisError, OSError) as exc:
+                            raise ConnectionError(f"probe publish failed: {exc}") from exc
+                        else:
+                            if receivers == 0:
+                                raise ConnectionError("Redis no longer counts our subscriber")
+                            acked_sent, acked_at = now, time.monotonic()
+                        now = time.monotonic()
+                    silent = now - self._probe_seen
+                    if silent <= watchdog:
+                        if stalled_since:
+                            stalled_since = 0.0
+                            self.sub_up = True
+                            log.warning("cluster_link_resumed link=subscriber")
+                        continue
+                    # Redis answered a probe sent after the last one we heard, and that probe has
+                    # had time to arrive: this connection is dead while Redis is not. Rebuild.
+                    lost = acked_sent > self._probe_seen and now - acked_at > min(watchdog, 1.0)
+                    # Redis answers nothing (frozen, overloaded): this connection still holds
+                    # everything Redis will send when it resumes, so keep it, degraded, for as
+                    # long as the outbox window (a rebuild would lose what it holds).
+                    if not stalled_since:
+                        stalled_since = now
+                        self.sub_up = False
+                        self.stats.stalls += 1
+                        log.warning("cluster_link_stalled link=subscriber silent_seconds=%.1f", silent)
+                    if lost or now - stalled_since > max(watchdog, self.settings.outbox_max_age_ms / 1000):
+                        self.stats.watchdog_rebuilds += 1
+                        raise ConnectionError(f"subscriber received nothing for {silent:.1f}s")
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, ConnectionError) as exc:
+                self.sub_up = False
+                self._pubsub = None
+                self._sub_attempts += 1
+                self._failed_attempt("subscriber", self._sub_attempts, exc)
+                await asyncio.sleep(self.backoff(self._sub_attempts))
+            finally:
+                if self._closing:
+                    self.sub_up = False
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+
+    async def _probe(self, client: aioredis.Redis, count_peers: bool) -> int:
+        """Publish a watchdog probe; also note how many nodes listen on our request channels."""
+        receivers = await client.publish(self.probe_channel, b"watchdog")
+        channels = list(self.request_channels.values())
+        if channels and count_peers:
+            reply = await client.execute_command("PUBSUB", "NUMSUB", *channels)
+            self._peer_counts = {bytes(reply[i]): int(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+        return int(receivers)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        """Route one message of the subscriber to its namespace; a malformed one is counted and
+        dropped, nothing escapes."""
+        self.stats.received += 1
+        try:
+            kind = message["type"]
+            if kind == "pmessage":
+                target = self.patterns.get(message["pattern"])
+                if target is not None:
+                    self._on_broadcast(target[0], target[1], message["channel"], message["data"])
+            elif kind == "message":
+                channel = message["channel"]
+                if channel == self.probe_channel:
+                    self._probe_seen = time.monotonic()
+                    waiter = self._probe_waiter
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                    return
+                target = self.channels.get(channel)
+                if target is not None:
+                    member, is_request = target
+                    if is_request:
+                        member.on_message(classic.decode_request(message["data"], member.name))
+                    else:
+                        member.on_message(classic.decode_response(message["data"], member.name))
+        except ClusterMessageError as exc:
+            self.stats.bad_messages += 1
+            log.warning("cluster_bad_message channel=%r error=%r", message.get("channel"), str(exc))
+        except Exception:
+            self.stats.bad_messages += 1
+            log.exception("cluster_message_failed channel=%r", message.get("channel"))
+
+    def _on_broadcast(self, member: ClusterMember, base: bytes, channel: bytes, payload: bytes) -> None:
+        if not channel.startswith(base):
+            return
+        room_part = channel[len(base) : -1]
+        if room_part:
+            # Spec 2.3 rule 2: a single-room broadcast for a room we do not have is dropped
+            # before decoding (that is most cross-node traffic on a busy cluster).
+            room = room_part.decode("utf-8", "replace")
+            rooms = member.registry.rooms
+            if room not in rooms:
+                number = numeric_room(room)
+                if number is None or number not in rooms:
+                    return
+        member.on_broadcast(classic.decode_broadcast(payload))
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish(self, message: Message) -> None:
+        self.enqueue(classic.message_channel(self.prefix, message).encode(), classic.encode_message(message))
+
+    def publish_response(self, requester: str | None, message: Response) -> None:
+        channel = classic.message_channel(self.prefix, message, requester, self.specific_responses)
+        self.enqueue(channel.encode(), classic.encode_message(message))
+
+    async def server_count(self, nsp: str) -> int:
+        return await self.numsub(self.request_channels[nsp])
+
+    async def publish_now(self, message: Message) -> None:
+        """Publish bypassing the outbox (requests whose caller waits for answers)."""
+        channel = classic.message_channel(self.prefix, message)
+        payload = classic.encode_message(message)
+        if not self.pub_up or self.pub is None:
+            raise ClusterUnavailable("Redis publisher is down")
+        try:
+            await asyncio.wait_for(self.pub.publish(channel, payload), self.settings.requests_timeout_ms / 1000)
+        except asyncio.TimeoutError as exc:
+            raise ClusterUnavailable("Redis does not answer") from exc
+        self.stats.published += 1
+
+    async def numsub(self, channel: bytes) -> int:
+        # Answers come through the subscriber: without it a request could only time out.
+        if not self.pub_up or not self.sub_up or self.pub is None:
+            raise ClusterUnavailable("Redis link is down")
+        try:
+            result = await asyncio.wait_for(
+                self.pub.execute_command("PUBSUB", "NUMSUB", channel), self.settings.requests_timeout_ms / 1000
+            )
+        except asyncio.TimeoutError as exc:
+            raise ClusterUnavailable("Redis does not answer") from exc
+        except (RedisError, OSError) as exc:
+            raise ClusterUnavailable(f"Redis request failed: {exc}") from exc
+        return int(result[1]) if len(result) >= 2 else 0
+
+    async def _publisher_loop(self) -> None:
+        while not self._closing or self.outbox:
+            try:
+                assert self.pub is not None
+                await self.pub.ping()
+                if self._pub_attempts and self.outbox:
+                    await self._settle_before_replay()
+                self.pub_up = True
+                self._link_restored("publisher", self._pub_attempts)
+                self._pub_attempts = 0
+                while True:
+                    batch = await self._next_batch()
+                    if batch is None:
+                        return
+                    started = time.perf_counter()
+                    stream = self._pub_stream
+                    if stream is None:
+                        stream = self._pub_stream = PublishStream(self.pub)
+                    try:
+                        await stream.publish_batch(batch)
+                    except BaseException:
+                        # Put the batch back in front, in order, for the next attempt, on a new
+                        # connection (this one may hold half a reply).
+                        self.outbox.extendleft(reversed(batch))
+                        self._pub_stream = None
+                        await stream.aclose()
+                        raise
+                    self.stats.published += len(batch)
+                    self.stats.observe_publish(time.perf_counter() - started)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, ConnectionError) as exc:
+                await self._publisher_failed(exc)
+
+    async def _settle_before_replay(self) -> None:
+        """After an outage, give the other nodes' subscribers a moment to come back before the
+        outbox is replayed: wait for our own subscriber, then until our request channels have as
+        many subscribers as before the outage (or, with no count from before, until the count
+        stops changing), bounded by the reconnect cap: every node retries within one cap."""
+        assert self.pub is not None
+        deadline = time.monotonic() + self.settings.reconnect_max_ms / 1000 + 1.0
+        while not self.sub_up and time.monotonic() < deadline and not self._closing:
+            await asyncio.sleep(0.05)
+        channels = list(self.request_channels.values())
+        if not channels:
+            return
+        expected = dict(self._peer_counts)
+        previous = None
+        while time.monotonic() < deadline and not self._closing:
+            current = await self.pub.execute_command("PUBSUB", "NUMSUB", *channels)
+            counts = {bytes(current[i]): int(current[i + 1]) for i in range(0, len(current) - 1, 2)}
+            if expected:
+                if all(counts.get(channel, 0) >= expected.get(channel, 1) for channel in channels):
+                    return
+            elif current == previous:
+                return
+            previous = current
+            await asyncio.sleep(0.1 if expected else 0.3)
+
+    # -- health --------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        status = "healthy" if self.pub_up and self.sub_up else "degraded"
+        return {
+            "mode": "single-node" if self.single_node else "redis",
+            "status": status,
+            "publisher": "up" if self.pub_up else "down",
+            "subscriber": "up" if self.sub_up else "down",
+            "outbox": len(self.outbox),
+        }
+
+    async def redis_info(self) -> dict[str, Any]:
+        """A few `INFO` figures for /stats."""
+        if self.pub is None or not self.pub_up:
+            return {"available": False}
+        try:
+            info = await asyncio.wait_for(self.pub.info(), 1.0)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            return {"available": False, "error": str(exc)}
+        return {"available": True, **info_figures(info)}

@@ -1,0 +1,181 @@
+"""Slot routing for sharded pub/sub: which master carries which channel, and one subscriber link
+per master.
+
+Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis >= 7) is scoped to one shard: a channel hashes to
+a slot like a key, and only the master owning that slot (and its replicas) carries the channel.
+`SlotMap` is one `CLUSTER SLOTS` answer; `ShardLink` one dedicated SSUBSCRIBE connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+from urllib.parse import urlsplit
+
+from redis.crc import key_slot
+from redis.exceptions import RedisError, ResponseError
+
+from ..config import Settings
+from .transport import ClusterUnavailable
+
+if TYPE_CHECKING:
+    from .sharded import ShardedTransport
+
+Address = tuple[str, int]
+
+SLOT_COUNT = 16384
+# Redis answers these when the slot map we routed by is out of date (or being rebuilt).
+_STALE_MAP_ERRORS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+
+
+class SlotMapUnavailable(ClusterUnavailable):
+    """No seed node answered CLUSTER SLOTS, or a slot has no owner right now."""
+
+
+def is_stale_map(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0].upper() in _STALE_MAP_ERRORS
+
+
+def parse_cluster_nodes(nodes: Iterable[str]) -> list[Address]:
+    """`host:port` items (REDIS_CLUSTER_NODES) as addresses; raises ValueError naming the bad one."""
+    found = []
+    for item in nodes:
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {item!r}")
+        found.append((host.strip("[]"), int(port)))
+    return found
+
+
+def seed_addresses(settings: Settings) -> list[Address]:
+    """REDIS_CLUSTER_NODES, or else the host and port of REDIS_URL (one seed is enough: the
+    others are learnt from CLUSTER SLOTS)."""
+    if settings.redis_cluster_nodes:
+        return parse_cluster_nodes(settings.redis_cluster_nodes)
+    if settings.redis_url:
+        parts = urlsplit(settings.redis_url)
+        return [(parts.hostname or "127.0.0.1", parts.port or 6379)]
+    raise SlotMapUnavailable("sharded mode needs REDIS_CLUSTER_NODES or REDIS_URL")
+
+
+@dataclass(frozen=True, slots=True)
+class SlotMap:
+    """Which master owns which slot, from one `CLUSTER SLOTS` answer (sorted ranges)."""
+
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    owners: tuple[Address, ...]
+
+    @classmethod
+    def single(cls, address: Address) -> "SlotMap":
+        """A Redis without cluster mode: one node carries every channel."""
+        return cls((0,), (SLOT_COUNT - 1,), (address,))
+
+    @classmethod
+    def from_reply(cls, reply: list[Any], asked: Address) -> "SlotMap":
+        rows = []
+        for entry in reply:
+            start, end, master = int(entry[0]), int(entry[1]), entry[2]
+            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+            # An empty host means "the address you reached me on" (Redis 7 may announce none).
+            rows.append((start, end, (host or asked[0], int(master[1]))))
+        rows.sort()
+        return cls(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+
+    @property
+    def masters(self) -> list[Address]:
+        return sorted(set(self.owners))
+
+    def owner(self, slot: int) -> Address:
+        i = bisect.bisect_right(self.starts, slot) - 1
+        if i < 0 or slot > self.ends[i]:
+            raise SlotMapUnavailable(f"slot {slot} is not covered by the cluster")
+        return self.owners[i]
+
+    def owner_of(self, channel: bytes) -> Address:
+        return self.owner(key_slot(channel))
+
+
+class ShardLink:
+    """One dedicated SSUBSCRIBE connection to one master, read by its own task.
+
+    The link tracks which channels it holds; a SUNSUBSCRIBE it did not ask for (Redis sends one
+    when a slot migrates away) or any read error is reported to the transport, which re-derives the
+    placement. The connection itself never retries: the transport decides where to reconnect.
+    """
+
+    def __init__(self, transport: "ShardedTransport", address: Address, probe_channel: bytes) -> None:
+        self.transport = transport
+        self.address = address
+        self.probe_channel = probe_channel
+        self.client = transport.node_client(address, socket_timeout=None)
+        self.pubsub = self.client.pubsub()
+        self.channels: set[bytes] = set()
+        self.leaving: set[bytes] = set()
+        self.failed = False
+        self.probe_seen = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ShardLink {self.address[0]}:{self.address[1]} channels={len(self.channels)}>"
+
+    async def open(self) -> None:
+        await self.pubsub.ssubscribe(self.probe_channel)
+        self.task = asyncio.get_running_loop().create_task(self._read(), name=f"shard-link-{self.address[1]}")
+
+    async def subscribe(self, channel: bytes) -> None:
+        self.leaving.discard(channel)
+        await self.pubsub.ssubscribe(channel)
+        self.channels.add(channel)
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        if channel not in self.channels:
+            return
+        self.channels.discard(channel)
+        self.leaving.add(channel)
+        await self.pubsub.sunsubscribe(channel)
+
+    async def _read(self) -> None:
+        transport = self.transport
+        try:
+            while True:
+                message = await self.pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                kind = message["type"]
+                kind = kind.decode() if isinstance(kind, bytes) else kind
+                channel = message["channel"]
+                if kind == "smessage":
+                    if channel == self.probe_channel:
+                        self.probe_seen = time.monotonic()
+                        transport.probe_arrived(self)
+                    else:
+                        transport.dispatch(channel, message["data"])
+                elif kind == "sunsubscribe":
+                    if channel in self.leaving:
+                        self.leaving.discard(channel)
+                    else:
+                        # The server dropped us: the slot moved to another master.
+                        self.channels.discard(channel)
+                        transport.request_resync(f"server unsubscribed {channel!r} (slot moved)")
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            self.failed = True
+            transport.link_failed(self, exc)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for closing in (self.pubsub.aclose, self.client.aclose):
+            try:
+                await asyncio.wait_for(closing(), 1.0)
+            except (RedisError, OSError, asyncio.TimeoutError):
+                pass
