@@ -53,6 +53,8 @@ class State(Enum):
     CLOSED = "closed"
 
 
+# Module constants for the per-delivery checks in `EngineSession.send` (cheaper than `State.X`).
+_WEBSOCKET, _UPGRADING, _CLOSING, _CLOSED = State.WEBSOCKET, State.UPGRADING, State.CLOSING, State.CLOSED
 OPEN_STATES = frozenset((State.POLLING, State.PROBING, State.UPGRADING, State.WEBSOCKET))
 _UPGRADE_STATES = (State.PROBING, State.UPGRADING)
 # Where polling output flows to a held GET as soon as it is queued (not during an upgrade).
@@ -345,10 +347,10 @@ class EngineSession:
         """Queue one payload for polling. Called once per delivery: returns shared constants,
         not new objects, in the common cases."""
         state = self.state
-        if state is State.WEBSOCKET:
-            return (WriteWs(payload.ws),)
-        if state not in OPEN_STATES:
+        if state is _CLOSING or state is _CLOSED:
             return NOTHING
+        if state is _WEBSOCKET:
+            return (WriteWs(payload.ws),)
         self.queue.append(payload)
         queued = self.queued_bytes + payload.size
         self.queued_bytes = queued
@@ -356,7 +358,7 @@ class EngineSession:
             self.queue = []  # free the memory now; the session ends at the next turn
             self.queued_bytes = 0
             return (DropSoon(queued),)
-        if self.poll_held and not self._flush_scheduled and state in _POLLING_FLOWS:
+        if self.poll_held and state is not _UPGRADING and not self._flush_scheduled:
             self._flush_scheduled = True
             return FLUSH_SOON
         return NOTHING
