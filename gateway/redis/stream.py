@@ -279,10 +279,35 @@ class SubscriberStream(RespStream):
                 return push
 
     async def get_message(self, ignore_subscribe_messages: bool = True, timeout: float | None = None) -> dict[str, Any] | None:
-        push = await self.get_push(ignore_subscribe_messages, timeout)
-        if push is None:
-            return None
-        return {"type": push.kind.decode(), "pattern": push.pattern, "channel": push.channel, "data": push.data}
+        # The broadcast path's reader: message and pmessage are built straight from the parsed
+        # array (no Push tuple in between); everything else goes through parse_push's checks.
+        parser = self.parser
+        while True:
+            reply = parser.gets()
+            if reply is False:
+                try:
+                    if timeout is None:
+                        await self._fill()
+                    else:
+                        async with asyncio.timeout(timeout):
+                            await self._fill()
+                except TimeoutError:
+                    return None
+                continue
+            if type(reply) is list:
+                kind = reply[0]
+                if kind == b"pmessage" and len(reply) == 4:
+                    return {"type": "pmessage", "pattern": reply[1], "channel": reply[2], "data": reply[3]}
+                if kind == b"message" and len(reply) == 3:
+                    return {"type": "message", "pattern": None, "channel": reply[1], "data": reply[2]}
+            try:
+                push = parse_push(reply)
+            except RespError as exc:
+                raise RedisReplyError(str(exc)) from None
+            except RespProtocolError as exc:
+                raise StreamClosed(str(exc)) from None
+            if push.kind == b"smessage" or not ignore_subscribe_messages:
+                return {"type": push.kind.decode(), "pattern": push.pattern, "channel": push.channel, "data": push.data}
 
 
 class PublishStream(RespStream):
