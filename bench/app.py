@@ -18,7 +18,7 @@ from gateway.app import build_server
 from gateway.config import Settings
 from gateway.ops.logs import setup_logging
 from gateway.runtime import run
-from gateway.server import Server, Socket
+from gateway import Server, Socket
 
 
 def build(settings: Settings) -> Server:

@@ -1,6 +1,6 @@
 """The standalone gateway's own application: what `sio-gateway` serves without any Python code.
 
-The seed's product is a support chat: users sit in their company room (`company:<id>`) and in
+The product is a support chat: users sit in their company room (`company:<id>`) and in
 conversation rooms (`conversation:<id>`), the backend publishes into those rooms from anywhere,
 and widget customers' presence is visible on every node. Here that becomes:
 
@@ -37,7 +37,8 @@ from .config import Settings
 from .limits import ConnectionGate, EventRateLimiter, LimitStats, Verdict
 from .policy import ClientEventPolicy, Grants, PolicyError, RoomPatterns, company_room, conversation_room, room_name
 from .presence import Presence, PresenceCollector, PresenceUnavailable, RedisPresence
-from .server import ConnectionRefused, Namespace, Server, Socket
+from .serve import Server
+from .sio import ConnectionRefused, Namespace, Socket
 
 log = logging.getLogger("gateway.app")
 
@@ -91,12 +92,7 @@ class GatewayServer(Server):
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         await self.presence.start()
-        bound = await super().start(host, port)
-        registry = getattr(self, "metrics_registry", None)
-        if registry is not None:
-            registry.register(StandaloneCollector(self))
-            registry.register(PresenceCollector(self.presence))
-        return bound
+        return await super().start(host, port)
 
     async def close(self, reason: str = "server shutting down") -> None:
         try:
@@ -132,6 +128,7 @@ class StandaloneCollector:
         requests.add_metric(["unauthorized"], api.unauthorized)
         requests.add_metric(["bad_request"], api.bad_requests)
         yield requests
+        yield CounterMetricFamily("sio_gateway_api_auth_throttled", "API requests answered 429 after API_AUTH_FAILURES_PER_MIN failed authentications", value=api.throttled)
 
 
 class Standalone:
@@ -346,6 +343,9 @@ def build_gateway(settings: Settings) -> GatewayServer:
 
     server.api = PublishApi(server, settings, server.presence)
     server.api.mount()
+    server.serving.ops.presence = server.presence
+    server.metrics_registry.register(StandaloneCollector(server))
+    server.metrics_registry.register(PresenceCollector(server.presence))
 
     if settings.auth_mode == "none":
         log.warning("auth_disabled AUTH_MODE=none: anyone may connect and join any room; use only for development")

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings.from_env(**overrides)
         if settings.redis_url:
-            from .adapter.connection import tls_options
+            from .redis.client import tls_options
 
             tls_options(settings)  # TLS files and URL agree, before anything starts
     except ConfigError as exc:
@@ -102,7 +102,7 @@ def cluster_main(argv: list[str]) -> int:
     try:
         # The nodes would refuse a bad environment one by one; say it once, before starting.
         settings = Settings.from_env({**os.environ, "REDIS_URL": args.redis_url or "redis://127.0.0.1:6379"})
-        from .adapter.connection import tls_options
+        from .redis.client import tls_options
 
         tls_options(settings)
     except ConfigError as exc:

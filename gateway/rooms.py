@@ -8,13 +8,16 @@ ints, as in socket.io.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Hashable, Iterable, TypeVar
+from typing import Callable, Generic, Iterable, TypeVar
+
+from protocol.cluster.messages import Room
 
 M = TypeVar("M")
-Room = Hashable
 
 
 class RoomRegistry(Generic[M]):
+    """Both directions of membership, kept in step, with hooks for rooms appearing and going."""
+
     __slots__ = ("rooms", "memberships", "on_room_created", "on_room_deleted")
 
     def __init__(self) -> None:

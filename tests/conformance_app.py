@@ -18,7 +18,7 @@ from gateway.engine.server import EngineServer
 from gateway.engine.session import Session
 from gateway.ops.logs import setup_logging
 from gateway.runtime import run
-from gateway.server import Server, Socket
+from gateway import Server, Socket
 
 
 class Echo:

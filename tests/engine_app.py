@@ -22,7 +22,7 @@ from typing import Any, Callable
 from gateway.config import Settings
 from gateway.ops.logs import setup_logging
 from gateway.runtime import run
-from gateway.server import Server, Socket
+from gateway import Server, Socket
 
 ROOM = "flood"
 MAX_FLOOD_S = 60.0  # a flood stops by itself even if the test dies

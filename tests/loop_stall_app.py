@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from gateway.ops.logs import setup_logging
 from gateway.runtime import run
-from gateway.server import Server, Socket
+from gateway import Server, Socket
 from tests.sio_app import build, settings_for
 
 

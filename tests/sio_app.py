@@ -31,12 +31,12 @@ import os
 import re
 from typing import Any, Callable
 
-from gateway.adapter.base import AdapterError
+from gateway.sio.adapter import AdapterError
 from gateway.app import build_server
 from gateway.config import Settings
 from gateway.ops.logs import setup_logging
 from gateway.runtime import run
-from gateway.server import AckTimeout, BroadcastOperator, ConnectionRefused, Namespace, Server, Socket
+from gateway import AckTimeout, BroadcastOperator, ConnectionRefused, Namespace, Server, Socket
 
 SERVER_NAME = "python"
 PRIVATE_TOKEN = "letmein"

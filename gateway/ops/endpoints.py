@@ -2,39 +2,75 @@
 
 Metrics are read from the plain counters the hot path bumps (no prometheus calls per packet): a
 custom collector turns them into metric families at scrape time, in a registry owned by the
-server so several servers in one process (tests) do not collide.
+serving layer so several servers in one process (tests) do not collide.
+
+The endpoints read what `OpsSources` hands them: the Socket.IO server, and, when there are some,
+the cluster (`ClusterView`), a presence (`HealthSource`) and the HTTP front. The composition
+root (`gateway.serve`) fills it in; nothing here looks for attributes on the server.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Protocol
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..http import HttpServer, Request, Router
+from ..sio.server import Server
 from . import loop_watchdog
 
-if TYPE_CHECKING:
-    from ..http import Request
-    from ..server import Server
+
+class ClusterView(Protocol):
+    """What the operations endpoints read of a cluster: this node's id, its links' health,
+    Redis INFO figures for /stats, and its metric families for /metrics."""
+
+    uid: str
+
+    def health(self) -> dict[str, Any]: ...
+
+    def redis_info(self) -> Awaitable[dict[str, Any]]: ...
+
+    def collect_metrics(self) -> Iterable[Metric]: ...
 
 
-def connection_counts(server: "Server") -> dict[str, int]:
+class HealthSource(Protocol):
+    """Something whose health /health reports beside the adapter's (the gateway's presence)."""
+
+    def health(self) -> dict[str, Any] | None: ...
+
+
+def _no_http() -> HttpServer | None:
+    return None
+
+
+@dataclass(eq=False)
+class OpsSources:
+    """Everything /health, /stats and /metrics read, handed over by the composition root."""
+
+    server: Server
+    cluster: ClusterView | None = None
+    presence: HealthSource | None = None
+    http: Callable[[], HttpServer | None] = field(default=_no_http)
+
+
+def connection_counts(server: Server) -> dict[str, int]:
     counts = {"polling": 0, "websocket": 0}
     for session in server.engine.sessions.values():
         counts[session.transport_name] += 1
     return counts
 
 
-def health(server: "Server") -> tuple[int, dict[str, Any]]:
-    adapter_health = getattr(server.main.adapter, "health", None)
-    links = adapter_health() if adapter_health else {"mode": "memory", "status": "healthy"}
+def health(sources: OpsSources) -> tuple[int, dict[str, Any]]:
+    server, cluster = sources.server, sources.cluster
+    links = cluster.health() if cluster is not None else {"mode": "memory", "status": "healthy"}
     status = links.get("status", "healthy")
     # The standalone gateway's presence: untrusted presence degrades the node but it still
     # serves its local clients, so HTTP stays 200.
-    presence = getattr(server, "presence", None)
+    presence = sources.presence
     presence_health = presence.health() if presence is not None else None
     if presence_health is not None and presence_health.get("status") == "degraded" and status == "healthy":
         status = "degraded"
@@ -43,7 +79,7 @@ def health(server: "Server") -> tuple[int, dict[str, Any]]:
     body = {
         "status": status,
         "adapter": links,
-        "node_id": getattr(server.main.adapter, "uid", None),
+        "node_id": cluster.uid if cluster is not None else None,
         "uptime_seconds": round(time.time() - server.started_at, 3),
         "connections": len(server.engine.sessions),
         "draining": server.draining,
@@ -53,7 +89,7 @@ def health(server: "Server") -> tuple[int, dict[str, Any]]:
     return (503 if status == "unhealthy" else 200), body
 
 
-def stats(server: "Server") -> dict[str, Any]:
+def stats(server: Server) -> dict[str, Any]:
     namespaces = {}
     for name, nsp in server.namespaces.items():
         namespaces[name] = {
@@ -74,11 +110,11 @@ def stats(server: "Server") -> dict[str, Any]:
 class GatewayCollector:
     """Prometheus view of one server's counters."""
 
-    def __init__(self, server: "Server") -> None:
-        self.server = server
+    def __init__(self, sources: OpsSources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        server = self.server
+        server = self.sources.server
         conns = GaugeMetricFamily("sio_gateway_connections", "Open Engine.IO sessions by transport", labels=["transport"])
         for transport, count in connection_counts(server).items():
             conns.add_metric([transport], count)
@@ -117,42 +153,39 @@ class GatewayCollector:
         yield CounterMetricFamily("sio_gateway_volatile_dropped", "Volatile packets dropped for a busy transport", value=a.dropped_volatile)
         yield CounterMetricFamily("sio_gateway_loop_lag_warnings", "Event-loop heartbeats late by half of LOOP_STALL_MS or more", value=loop_watchdog.stats.lag_warnings)
         yield CounterMetricFamily("sio_gateway_loop_pauses", "Whole-process pauses (SIGSTOP, frozen VM) not held against the loop by the watchdog", value=loop_watchdog.stats.pauses)
-        yield from http_metrics(server)
-        extra = getattr(server.main.adapter, "collect_metrics", None)
-        if extra is not None:
-            yield from extra()
+        http = self.sources.http()
+        if http is not None:
+            yield from http_metrics(http)
+        cluster = self.sources.cluster
+        if cluster is not None:
+            yield from cluster.collect_metrics()
 
 
-def http_metrics(server: "Server") -> Iterator[Metric]:
-    """The HTTP front's bounds (gateway/http.py) and the publish API's failed-auth throttle:
-    every time a limit trips, so an operator sees hostile or broken clients without logs."""
-    http = server.http
-    if http is not None:
-        s = http.stats
-        yield GaugeMetricFamily("sio_gateway_http_connections", "Open TCP connections (upgraded or not)", value=len(http.connections))
-        timeouts = CounterMetricFamily("sio_gateway_http_timeouts", "HTTP connections timed out, by phase (header, body, keepalive)", labels=["phase"])
-        for phase, count in s.timeouts.items():
-            timeouts.add_metric([phase], count)
-        yield timeouts
-        yield CounterMetricFamily("sio_gateway_http_connections_over_limit", "TCP connections closed at once for HTTP_MAX_CONNECTIONS", value=s.connections_over_limit)
-        accept = CounterMetricFamily("sio_gateway_http_accept_errors", "Failed accepts (emfile/enfile: out of descriptors), by error", labels=["error"])
-        for kind, count in s.accept_errors.items():
-            accept.add_metric([kind], count)
-        yield accept
-        yield CounterMetricFamily("sio_gateway_http_headers_too_large", "Requests refused with 431/414 (HTTP_MAX_HEADER_BYTES, HTTP_MAX_HEADERS)", value=s.headers_too_large)
-        yield CounterMetricFamily("sio_gateway_http_bad_requests", "Requests the HTTP parser refused (400)", value=s.bad_requests)
-        yield CounterMetricFamily("sio_gateway_http_read_pauses", "Times reading paused for pipelined requests or an unread write buffer", value=s.read_pauses)
-    api = getattr(server, "api", None)
-    if api is not None:
-        yield CounterMetricFamily("sio_gateway_api_auth_throttled", "API requests answered 429 after API_AUTH_FAILURES_PER_MIN failed authentications", value=api.stats.throttled)
+def http_metrics(http: HttpServer) -> Iterator[Metric]:
+    """The HTTP front's bounds (gateway/http.py): every time a limit trips, so an operator sees
+    hostile or broken clients without logs."""
+    s = http.stats
+    yield GaugeMetricFamily("sio_gateway_http_connections", "Open TCP connections (upgraded or not)", value=len(http.connections))
+    timeouts = CounterMetricFamily("sio_gateway_http_timeouts", "HTTP connections timed out, by phase (header, body, keepalive)", labels=["phase"])
+    for phase, count in s.timeouts.items():
+        timeouts.add_metric([phase], count)
+    yield timeouts
+    yield CounterMetricFamily("sio_gateway_http_connections_over_limit", "TCP connections closed at once for HTTP_MAX_CONNECTIONS", value=s.connections_over_limit)
+    accept = CounterMetricFamily("sio_gateway_http_accept_errors", "Failed accepts (emfile/enfile: out of descriptors), by error", labels=["error"])
+    for kind, count in s.accept_errors.items():
+        accept.add_metric([kind], count)
+    yield accept
+    yield CounterMetricFamily("sio_gateway_http_headers_too_large", "Requests refused with 431/414 (HTTP_MAX_HEADER_BYTES, HTTP_MAX_HEADERS)", value=s.headers_too_large)
+    yield CounterMetricFamily("sio_gateway_http_bad_requests", "Requests the HTTP parser refused (400)", value=s.bad_requests)
+    yield CounterMetricFamily("sio_gateway_http_read_pauses", "Times reading paused for pipelined requests or an unread write buffer", value=s.read_pauses)
 
 
 # The operations endpoints only read: anything but GET (and HEAD, its headers) is refused.
 _ALLOW = [("Allow", "GET, HEAD")]
 
 
-def _read_only(handler: Callable[["Request"], Any]) -> Callable[["Request"], Any]:
-    def guarded(request: "Request") -> Any:
+def _read_only(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def guarded(request: Request) -> Any:
         if request.method not in ("GET", "HEAD"):
             request.respond(405, b'{"error":"method not allowed"}', _ALLOW, content_type="application/json", close=True)
             return None
@@ -161,25 +194,24 @@ def _read_only(handler: Callable[["Request"], Any]) -> Callable[["Request"], Any
     return guarded
 
 
-def mount_ops(server: "Server") -> None:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(server))  # type: ignore[arg-type]
-    server.metrics_registry = registry  # type: ignore[attr-defined]
+def mount_ops(router: Router, sources: OpsSources, registry: CollectorRegistry) -> None:
+    """Route /health, /stats and /metrics to what `sources` holds; the gateway's own counters
+    join `registry`, which the caller owns (and may add collectors to)."""
+    registry.register(GatewayCollector(sources))  # type: ignore[arg-type]
 
-    def health_handler(request: "Request") -> None:
-        status, body = health(server)
+    def health_handler(request: Request) -> None:
+        status, body = health(sources)
         request.respond(status, orjson.dumps(body), content_type="application/json")
 
-    async def stats_handler(request: "Request") -> None:
-        body = stats(server)
-        bridge = getattr(server.main.adapter, "bridge", None)
-        if bridge is not None:
-            body["redis"] = await bridge.redis_info()
+    async def stats_handler(request: Request) -> None:
+        body = stats(sources.server)
+        if sources.cluster is not None:
+            body["redis"] = await sources.cluster.redis_info()
         request.respond(200, orjson.dumps(body), content_type="application/json")
 
-    def metrics_handler(request: "Request") -> None:
+    def metrics_handler(request: Request) -> None:
         request.respond(200, generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    server.router.add("/health", _read_only(health_handler))
-    server.router.add("/stats", _read_only(stats_handler))
-    server.router.add("/metrics", _read_only(metrics_handler))
+    router.add("/health", _read_only(health_handler))
+    router.add("/stats", _read_only(stats_handler))
+    router.add("/metrics", _read_only(metrics_handler))

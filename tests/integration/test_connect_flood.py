@@ -33,7 +33,7 @@ from websockets.typing import Origin
 from websockets.uri import parse_uri
 
 from gateway.config import Settings
-from gateway.server import ConnectionRefused, Server, Socket
+from gateway import ConnectionRefused, Server, Socket
 from tests.conftest import RedisServerProcess
 from tests.gateway_process import GatewayProcess
 from tests.integration.test_encode_once import RawClient

@@ -24,7 +24,7 @@ import gateway.engine.outbound as outbound
 import protocol.socketio as sio_codec
 from gateway.config import Settings
 from gateway.engine.websocket import WebSocketTransport
-from gateway.server import Server, Socket
+from gateway import Server, Socket
 
 N_CLIENTS = 50
 TIMEOUT = 5.0

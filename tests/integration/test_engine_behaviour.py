@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from gateway.config import Settings
 from gateway.engine.server import HandshakeRequest
-from gateway.server import Server, Socket
+from gateway import Server, Socket
 from gateway.topology import NGINX_CONF, nginx_command, render_nginx_conf
 from tests.gateway_process import GatewayProcess
 from tests.integration.test_topologies import NGINX, Daemon, accepts
