@@ -201,7 +201,7 @@ class Settings:
     max_rooms_per_socket: int = setting("MAX_ROOMS_PER_SOCKET", 100, _int(1, 1_000_000), "rooms a socket may be in (its own id room not counted)")
     max_connections: int = setting("MAX_CONNECTIONS", 0, _int(0, 10_000_000), "Engine.IO sessions this node accepts; 0 = no limit")
     allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), _origins, "Origin headers accepted on new connections (WebSocket and polling); empty = any; also the CORS list when CORS_ORIGINS is empty")
-    # -- Redis Cluster with sharded pub/sub (gateway/adapter/sharded.py) --
+    # -- Redis Cluster with sharded pub/sub (gateway/cluster/sharded.py) --
     redis_mode: str = setting("REDIS_MODE", "classic", _choice("classic", "sharded"), "classic: PUBLISH/SUBSCRIBE (createAdapter); sharded: Redis Cluster SPUBLISH/SSUBSCRIBE (createShardedAdapter)")
     redis_cluster_nodes: tuple[str, ...] = setting("REDIS_CLUSTER_NODES", (), _list, "comma-separated host:port seeds of the Redis Cluster (REDIS_MODE=sharded); empty = the host:port of REDIS_URL")
     redis_subscription_mode: str = setting("REDIS_SUBSCRIPTION_MODE", "dynamic", _choice("dynamic", "static", "dynamic-private"), "sharded subscriptionMode: dynamic = one channel per public room while this node has members in it")

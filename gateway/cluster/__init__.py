@@ -15,8 +15,7 @@ from .adapter import ClusterAdapter
 from .transport import ClusterUnavailable, Transport
 
 if TYPE_CHECKING:
-    from ..adapter.base import Adapter
-    from ..server import Namespace
+    from ..sio.adapter import Adapter, AdapterNamespace
 
 __all__ = ["ClusterAdapter", "ClusterUnavailable", "Transport", "cluster_adapter_factory", "make_transport"]
 
@@ -32,11 +31,11 @@ def make_transport(settings: Settings) -> Transport:
     return ClassicTransport(settings)
 
 
-def cluster_adapter_factory(settings: Settings) -> Callable[["Namespace"], "Adapter"]:
+def cluster_adapter_factory(settings: Settings) -> Callable[["AdapterNamespace"], "Adapter"]:
     """Adapters for every namespace of one server, sharing one transport (made with the first)."""
     transport: Transport | None = None
 
-    def factory(nsp: "Namespace") -> "Adapter":
+    def factory(nsp: "AdapterNamespace") -> "Adapter":
         nonlocal transport
         if transport is None:
             transport = make_transport(settings)

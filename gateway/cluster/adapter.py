@@ -12,7 +12,7 @@ Gateway broadcast options become the wire `BroadcastOptions` in `to_wire` and co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from protocol import socketio as sio
 from protocol.cluster import (
@@ -36,13 +36,10 @@ from protocol.cluster import (
 )
 from protocol.socketio import PacketType
 
-from ..adapter.base import Adapter, BroadcastOptions
 from ..config import Settings
+from ..sio.adapter import Adapter, AdapterNamespace, BroadcastOptions
 from .requests import PendingRequests, RemoteSocket
 from .transport import Transport
-
-if TYPE_CHECKING:
-    from ..server import Namespace
 
 # Acknowledgements of a broadcast are accepted this long when the emitter set no timeout.
 DEFAULT_ACK_TIMEOUT = 5.0
@@ -65,7 +62,7 @@ def from_wire(opts: WireOptions | None) -> BroadcastOptions:
 class ClusterAdapter(Adapter):
     """An in-memory adapter that is also a member of a cluster, over one transport."""
 
-    def __init__(self, nsp: "Namespace", transport: Transport, settings: Settings) -> None:
+    def __init__(self, nsp: AdapterNamespace, transport: Transport, settings: Settings) -> None:
         super().__init__(nsp)
         self.transport = transport
         self.name = nsp.name
@@ -248,7 +245,7 @@ class ClusterAdapter(Adapter):
         data = message.data
         request_id = message.request_id
         if request_id is None:
-            self.nsp._on_server_side_event(data, None)
+            self.nsp.on_server_side_event(data, None)
             return
         if not data or not self.nsp.has_listener(data[0]):
             return
@@ -260,7 +257,7 @@ class ClusterAdapter(Adapter):
                 answered = True
                 self._respond(message.uid, Answer.SERVER_SIDE_EMIT, request_id, value)
 
-        self.nsp._on_server_side_event(data, ack)
+        self.nsp.on_server_side_event(data, ack)
 
     def _single_socket(self, message: SingleSocket) -> None:
         """The legacy join/leave/disconnect of one socket by id: its node acts and answers."""

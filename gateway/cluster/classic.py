@@ -40,9 +40,9 @@ from protocol.cluster import (
 )
 from protocol.errors import ClusterMessageError
 
-from ..adapter.connection import redis_client
-from ..adapter.streams import PublishStream, SubscriberStream
 from ..config import Settings
+from ..redis.client import redis_client
+from ..redis.stream import PublishStream, SubscriberStream
 from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
 
 log = logging.getLogger("gateway.cluster")
@@ -190,7 +190,7 @@ class ClassicTransport(SupervisedLinks):
         settle_time = self.settings.reconnect_max_ms / 1000 + 1.0
         while not self._closing:
             client = self._client()
-            pubsub = SubscriberStream(client)
+            pubsub = SubscriberStream(self.settings, keepalive=TCP_KEEPALIVE)
             try:
                 await pubsub.subscribe(self.probe_channel)
                 for member in list(self.members.values()):
@@ -375,7 +375,7 @@ class ClassicTransport(SupervisedLinks):
                     started = time.perf_counter()
                     stream = self._pub_stream
                     if stream is None:
-                        stream = self._pub_stream = PublishStream(self.pub)
+                        stream = self._pub_stream = PublishStream(self.settings, keepalive=TCP_KEEPALIVE)
                     try:
                         await stream.publish_batch(batch)
                     except BaseException:

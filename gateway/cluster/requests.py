@@ -28,7 +28,7 @@ from protocol.cluster import (
 )
 from protocol.errors import ClusterMessageError
 
-from ..adapter.base import AdapterTimeout, BroadcastOptions
+from ..sio.adapter import AdapterTimeout, BroadcastOptions
 from .transport import LinkStats
 
 if TYPE_CHECKING:

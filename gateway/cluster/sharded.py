@@ -18,9 +18,6 @@ import time
 from typing import Any, Iterable
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from protocol.cluster import (
@@ -42,9 +39,10 @@ from protocol.cluster import (
     sharded_room_subscribed,
 )
 from protocol.errors import ClusterMessageError
+from protocol.resp import key_slot
 
-from ..adapter.connection import tls_options
 from ..config import Settings
+from ..redis.client import node_client
 from .slots import SLOT_COUNT, Address, ShardLink, SlotMap, SlotMapUnavailable, is_stale_map, seed_addresses
 from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
 
@@ -99,20 +97,8 @@ class ShardedTransport(SupervisedLinks):
     # -- connections ---------------------------------------------------------------------------
 
     def node_client(self, address: Address, socket_timeout: float | None = 5.0) -> aioredis.Redis:
-        """A connection pool to one node that never retries on its own: retrying against a node
-        that lost its slots or died would only hide what the supervisor must see."""
-        return aioredis.Redis(
-            host=address[0],
-            port=address[1],
-            decode_responses=False,
-            socket_connect_timeout=2.0,
-            socket_timeout=socket_timeout,
-            socket_keepalive=True,
-            socket_keepalive_options=TCP_KEEPALIVE,
-            health_check_interval=0,
-            retry=Retry(NoBackoff(), 0),
-            **tls_options(self.settings),  # rediss:// + REDIS_TLS_* apply to every cluster node
-        )
+        """A client of one cluster node that never retries on its own (the supervisor decides)."""
+        return node_client(self.settings, address, socket_timeout=socket_timeout, socket_keepalive_options=TCP_KEEPALIVE)
 
     def _publisher(self, address: Address) -> aioredis.Redis:
         client = self.publishers.get(address)

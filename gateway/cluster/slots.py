@@ -12,13 +12,14 @@ import asyncio
 import bisect
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
+from protocol.resp import key_slot
+
 from ..config import Settings
+from ..redis.urls import cluster_seeds, parse_cluster_nodes
 from .transport import ClusterUnavailable
 
 if TYPE_CHECKING:
@@ -39,26 +40,16 @@ def is_stale_map(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0].upper() in _STALE_MAP_ERRORS
 
 
-def parse_cluster_nodes(nodes: Iterable[str]) -> list[Address]:
-    """`host:port` items (REDIS_CLUSTER_NODES) as addresses; raises ValueError naming the bad one."""
-    found = []
-    for item in nodes:
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected host:port, got {item!r}")
-        found.append((host.strip("[]"), int(port)))
-    return found
-
-
 def seed_addresses(settings: Settings) -> list[Address]:
     """REDIS_CLUSTER_NODES, or else the host and port of REDIS_URL (one seed is enough: the
     others are learnt from CLUSTER SLOTS)."""
-    if settings.redis_cluster_nodes:
-        return parse_cluster_nodes(settings.redis_cluster_nodes)
-    if settings.redis_url:
-        parts = urlsplit(settings.redis_url)
-        return [(parts.hostname or "127.0.0.1", parts.port or 6379)]
-    raise SlotMapUnavailable("sharded mode needs REDIS_CLUSTER_NODES or REDIS_URL")
+    try:
+        return cluster_seeds(settings.redis_cluster_nodes, settings.redis_url)
+    except ValueError as exc:
+        raise SlotMapUnavailable(str(exc)) from exc
+
+
+__all__ = ["Address", "ShardLink", "SlotMap", "SlotMapUnavailable", "is_stale_map", "parse_cluster_nodes", "seed_addresses"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Protocol
 
 from protocol.cluster import Broadcast, Message, Response, Room
 
-from ..adapter.base import AdapterError
+from ..sio.adapter import AdapterError
 from ..config import Settings
 from ..rooms import RoomRegistry
 

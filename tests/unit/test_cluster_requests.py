@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
-from gateway.adapter.base import AdapterTimeout
+from gateway.sio.adapter import AdapterTimeout
 from gateway.cluster.requests import PendingRequests
 from gateway.cluster.transport import LinkStats
 from protocol.cluster import AllRooms, Answer, FetchSockets, Response, ServerSideEmit, SocketIds
