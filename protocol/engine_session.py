@@ -301,10 +301,12 @@ class EngineSession:
             out += self._finish(self.close_reason)
         return out
 
-    def _take_payload(self) -> bytes:
+    def _take_payload(self, last: bytes | None = None) -> bytes:
         records: list[bytes] = []
         for payload in self.queue:
             records.extend(payload.polling)
+        if last is not None:
+            records.append(last)
         self.queue = []
         self.queued_bytes = 0
         return engineio.join_records(records)
@@ -386,7 +388,9 @@ class EngineSession:
         if self.poll_held:
             return [Note("eio_duplicate_get"), ReplyError(ErrorCode.BAD_REQUEST), *self.close("transport error")]
         if state is State.CLOSING:
-            return [Reply(_CLOSE_BODY), *self._finish(self.close_reason)]
+            # What was sent before the close goes out with it, ahead of the `1`: a client told
+            # "41" (disconnected by the server) must see it before the transport closes.
+            return [Reply(self._take_payload(_CLOSE_BODY)), *self._finish(self.close_reason)]
         if self.queue:
             return [Reply(self._take_payload())]
         # Held until there is something to send (or, during an upgrade, until the next noop).

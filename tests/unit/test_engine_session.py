@@ -205,6 +205,13 @@ def test_server_close_without_a_held_get_waits_for_the_next_get_to_collect_the_c
     assert m.state is State.CLOSED
 
 
+def test_get_while_closing_takes_what_was_sent_before_the_close_then_the_close() -> None:
+    m = opened()
+    m.send(Payload(b"41"))  # e.g. the Socket.IO disconnect the server sent just before closing
+    m.close("server namespace disconnect")
+    assert m.receive_get()[0] == eio.Reply(b"41\x1e1")
+
+
 def test_a_closed_session_whose_close_is_never_collected_is_forgotten_after_the_linger() -> None:
     m = opened()
     m.close("forced close")
