@@ -27,15 +27,15 @@ from redis.exceptions import RedisError
 
 from protocol.socketio import RESERVED_EVENTS
 
-from .adapter.base import AdapterError
 from .policy import PolicyError, room_name
 from .presence import PresenceUnavailable
+from .sio.adapter import AdapterError
 
 if TYPE_CHECKING:
     from .config import Settings
     from .http import Request
     from .presence import Presence
-    from .server import Server
+    from .serve import Server
 
 log = logging.getLogger("gateway.api")
 
