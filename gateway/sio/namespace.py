@@ -226,9 +226,6 @@ class Namespace:
             else:
                 answer(result)
 
-    # The cluster adapters call it by this name until they move to `on_server_side_event`.
-    _on_server_side_event = on_server_side_event
-
     def has_listener(self, event: str) -> bool:
         return bool(self._listeners.get(event))
 
