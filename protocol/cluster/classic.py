@@ -43,6 +43,7 @@ from .messages import (
     require,
     room_list,
     room_text,
+    typed_object,
 )
 from .values import MISSING, dump_json, pack, sniff, unpack
 
@@ -300,17 +301,10 @@ _REQUESTS_WITH_ID = frozenset(
 
 def decode_classic_request(payload: bytes | bytearray | memoryview) -> ClassicRequest:
     """Decode a message received on `P-request#N#` (JSON or msgpack, sniffed)."""
-    message = sniff(payload)
     what = "request"
-    if not isinstance(message, dict):
-        raise ClusterMessageError(f"{what} must be an object")
-    raw_type = require(message, "type", int, what)
-    try:
-        kind = RequestType(raw_type)
-    except ValueError:
-        raise ClusterMessageError(f"{what}: unknown type {raw_type!r}") from None
+    message, kind = typed_object(sniff(payload), what, RequestType)
     if kind >= RequestType.BROADCAST_CLIENT_COUNT:
-        raise ClusterMessageError(f"{what}: type {raw_type} is a response type")
+        raise ClusterMessageError(f"{what}: type {int(kind)} is a response type")
     what = f"request type {int(kind)}"
     request = ClassicRequest(
         type=kind,

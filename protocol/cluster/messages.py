@@ -204,6 +204,17 @@ def decode_options(value: Any, what: str) -> BroadcastOptions:
     )
 
 
+def typed_object(message: Any, what: str, types: type[IntEnum]) -> tuple[dict[str, Any], Any]:
+    """A decoded request/envelope: it must be an object whose integer `type` is one of `types`."""
+    if not isinstance(message, dict):
+        raise ClusterMessageError(f"{what} must be an object")
+    raw_type = require(message, "type", int, what)
+    try:
+        return message, types(raw_type)
+    except ValueError:
+        raise ClusterMessageError(f"{what}: unknown type {raw_type!r}") from None
+
+
 def packet_type(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ClusterMessageError(f"{what}: packet type must be an integer")

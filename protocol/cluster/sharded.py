@@ -39,6 +39,7 @@ from .messages import (
     require,
     room_list,
     room_text,
+    typed_object,
 )
 from .values import MISSING, contains_binary, dump_json, pack, sniff
 
@@ -264,22 +265,19 @@ def _check_sharded_data(kind: ShardedType, data: Any, what: str) -> BroadcastOpt
     return opts
 
 
-def decode_sharded(payload: bytes | bytearray | memoryview) -> ShardedMessage:
-    """Decode any sharded message (JSON or msgpack, sniffed) and check its required fields."""
-    message = sniff(payload)
-    what = "sharded message"
-    if not isinstance(message, dict):
-        raise ClusterMessageError(f"{what} must be an object")
-    raw_type = require(message, "type", int, what)
-    try:
-        kind = ShardedType(raw_type)
-    except ValueError:
-        raise ClusterMessageError(f"{what}: unknown type {raw_type!r}") from None
+def _envelope(payload: bytes | bytearray | memoryview) -> tuple[ShardedType, str, str, Any, BroadcastOptions | None]:
+    """Sniff and check an envelope: (type, uid, nsp, data, the decoded opts of types with opts)."""
+    message, kind = typed_object(sniff(payload), "sharded message", ShardedType)
     what = f"sharded message type {int(kind)}"
     uid = require(message, "uid", str, what)
     nsp = require(message, "nsp", str, what)
     data = message.get("data")
-    _check_sharded_data(kind, data, what)
+    return kind, uid, nsp, data, _check_sharded_data(kind, data, what)
+
+
+def decode_sharded(payload: bytes | bytearray | memoryview) -> ShardedMessage:
+    """Decode any sharded message (JSON or msgpack, sniffed) and check its required fields."""
+    kind, uid, nsp, data, _ = _envelope(payload)
     return ShardedMessage(kind, uid, nsp, data)
 
 
@@ -346,20 +344,9 @@ _RESPONSES = {
 def decode_message(payload: bytes | bytearray | memoryview) -> Message | None:
     """Any sharded message as a typed message, validated completely; None for the heartbeat and
     adapter-close notices, which this adapter does not act on."""
-    message = sniff(payload)
-    what = "sharded message"
-    if not isinstance(message, dict):
-        raise ClusterMessageError(f"{what} must be an object")
-    raw_type = require(message, "type", int, what)
-    try:
-        kind = ShardedType(raw_type)
-    except ValueError:
-        raise ClusterMessageError(f"{what}: unknown type {raw_type!r}") from None
+    kind, uid, nsp, data, opts_or_none = _envelope(payload)
+    opts: Any = opts_or_none
     what = f"sharded message type {int(kind)}"
-    uid = require(message, "uid", str, what)
-    nsp = require(message, "nsp", str, what)
-    data = message.get("data")
-    opts: Any = _check_sharded_data(kind, data, what)
     T = ShardedType
     if kind is T.BROADCAST:
         request_id = data.get("requestId")
