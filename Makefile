@@ -6,9 +6,14 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 NODE_STAMP := tests/interop/node_modules/.package-lock.json
+# The built @socket.io/admin-ui (ADMIN_UI_DIR) and the browser test's puppeteer-core (no browser
+# download: it drives the system's chromium), both from their committed locks.
+ADMIN_UI_STAMP := admin-ui/node_modules/.package-lock.json
+ADMIN_UI_DIST  := admin-ui/node_modules/@socket.io/admin-ui/ui/dist
+BROWSER_STAMP  := tests/browser/node_modules/.package-lock.json
 DEV_API_KEY := dev-key
 
-.PHONY: run test test-unit test-fast conformance install install-test clean
+.PHONY: run test test-unit test-fast conformance install install-test clean admin-ui
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +30,19 @@ $(TEST_STAMP): pyproject.toml $(STAMP)
 $(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
 	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 
+$(ADMIN_UI_STAMP): admin-ui/package.json admin-ui/package-lock.json
+	npm ci --prefix admin-ui --no-audit --no-fund --loglevel=error
+
+$(BROWSER_STAMP): tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+
+## admin-ui: the built @socket.io/admin-ui 0.5.1 from admin-ui/package-lock.json; serve it with
+## ADMIN_UI_DIR=admin-ui/node_modules/@socket.io/admin-ui/ui/dist (at /admin/)
+admin-ui: $(ADMIN_UI_STAMP)
+	@echo "ADMIN_UI_DIR=$(CURDIR)/$(ADMIN_UI_DIST)"
+
 install: $(STAMP)
-install-test: $(TEST_STAMP) $(NODE_STAMP)
+install-test: $(TEST_STAMP) $(NODE_STAMP) $(ADMIN_UI_STAMP) $(BROWSER_STAMP)
 
 ## run: a gateway on 127.0.0.1:3001 (PORT, HOST, REDIS_URL, ... override; see `sio-gateway --help`).
 ## For a first look it runs with AUTH_MODE=none (it says so loudly) and, unless API_KEYS is set, the
@@ -48,7 +64,7 @@ conformance: install-test
 	$(PY) -m pytest -q tests/integration/test_conformance.py
 
 clean:
-	rm -rf $(VENV) tests/interop/node_modules .pytest_cache
+	rm -rf $(VENV) tests/interop/node_modules admin-ui/node_modules tests/browser/node_modules .pytest_cache
 
 ## bench: the benchmark sweep, ours and the peers side by side (see bench/run.py); writes bench/results/
 BENCH_STAMP      := $(VENV)/.installed-bench

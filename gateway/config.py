@@ -217,6 +217,11 @@ class Settings:
         "CLUSTER_RESTART_INITIAL_MS", 500, _int(10, 600_000), "`sio-gateway cluster`: wait before restarting a member that died; doubled for each further death of a member that had not stayed up CLUSTER_RESTART_MAX_MS"
     )
     cluster_restart_max_ms: int = setting("CLUSTER_RESTART_MAX_MS", 10000, _int(10, 3_600_000), "`sio-gateway cluster`: longest wait before a restart (the doubling stops there)")
+    # -- the admin UI's files, served at /admin/ (gateway/ops/static.py) --
+    admin_ui_dir: str | None = setting(
+        "ADMIN_UI_DIR", None, _optional, "folder of the built @socket.io/admin-ui served at /admin/ (`make admin-ui` puts it at admin-ui/node_modules/@socket.io/admin-ui/ui/dist); unset = not served"
+    )
+    admin_ui_max_file_bytes: int = setting("ADMIN_UI_MAX_FILE_BYTES", 8 << 20, _int(1024, 1 << 30), "largest file served from ADMIN_UI_DIR; a larger one is answered 404 (counted)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -261,6 +266,8 @@ class Settings:
                 host, sep, port = node.rpartition(":")
                 if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                     raise ConfigError(f"REDIS_CLUSTER_NODES: expected host:port, got {node!r}")
+        if self.admin_ui_dir is not None and not os.path.isfile(os.path.join(self.admin_ui_dir, "index.html")):
+            raise ConfigError(f"ADMIN_UI_DIR: no index.html in {self.admin_ui_dir!r} (run `make admin-ui`; the UI is admin-ui/node_modules/@socket.io/admin-ui/ui/dist)")
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

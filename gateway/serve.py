@@ -23,6 +23,7 @@ from .engine.server import AllowRequest
 from .http import HttpServer, Router
 from .ops.cluster_metrics import cluster_metrics
 from .ops.endpoints import ClusterView, OpsSources, mount_ops
+from .ops.static import StaticFiles, mount_static
 from .sio import server as sio_server
 from .sio.adapter import Adapter
 from .sio.namespace import Namespace
@@ -71,6 +72,12 @@ class Serving:
         self.metrics = CollectorRegistry(auto_describe=False)
         self.ops = OpsSources(server, cluster, http=self._http)
         mount_ops(self.router, self.ops, self.metrics)
+        # The admin UI's files go on the public port: the UI connects back to the origin that served it.
+        self.admin_ui: StaticFiles | None = None
+        if self.settings.admin_ui_dir is not None:
+            self.admin_ui = StaticFiles(self.settings.admin_ui_dir, max_file_bytes=self.settings.admin_ui_max_file_bytes, sio_path=self.settings.sio_path)
+            mount_static(self.router, self.admin_ui)
+            self.metrics.register(self.admin_ui)  # type: ignore[arg-type]
 
     def _http(self) -> HttpServer | None:
         return self.http
