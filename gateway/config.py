@@ -103,6 +103,10 @@ def _optional(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _optional_port(raw: str) -> int | None:
+    return _int(0, 65535)(raw) if raw.strip() else None
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -134,6 +138,10 @@ def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> An
 class Settings:
     host: str = setting("HOST", "127.0.0.1", _str, "address to listen on")
     port: int = setting("PORT", 3001, _int(0, 65535), "TCP port to listen on")
+    ops_host: str = setting("OPS_HOST", "127.0.0.1", _str, "address of the internal operations port (OPS_PORT); keep it off the internet (0.0.0.0 or the pod IP for Kubernetes probes and Prometheus)")
+    ops_port: int | None = setting(
+        "OPS_PORT", None, _optional_port, "serve /health, /health/live, /health/ready, /stats and /metrics only on this internal port (the public PORT answers 404 for them); unset = on PORT; 0 = a free port"
+    )
     sio_path: str = setting("SIO_PATH", "/socket.io", _path, "path of the Socket.IO endpoint")
     ping_interval_ms: int = setting("PING_INTERVAL_MS", 25000, _int(50, 3_600_000), "Engine.IO ping interval")
     ping_timeout_ms: int = setting("PING_TIMEOUT_MS", 20000, _int(50, 3_600_000), "time to wait for a pong")
@@ -249,6 +257,8 @@ class Settings:
             raise ConfigError("PING_INTERVAL_MS and PING_TIMEOUT_MS must be positive")
         if self.cluster_restart_initial_ms > self.cluster_restart_max_ms:
             raise ConfigError(f"CLUSTER_RESTART_INITIAL_MS ({self.cluster_restart_initial_ms}) must not exceed CLUSTER_RESTART_MAX_MS ({self.cluster_restart_max_ms})")
+        if self.ops_port and self.ops_port == self.port:
+            raise ConfigError(f"OPS_PORT ({self.ops_port}) must differ from PORT: the operations endpoints move off the public port")
         if 0 < self.loop_stall_ms < 100:
             raise ConfigError(f"LOOP_STALL_MS must be 0 (off) or at least 100, got {self.loop_stall_ms}")
         if self.auth_mode == "jwt":

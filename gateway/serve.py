@@ -4,7 +4,10 @@ operations endpoints and the metrics registry.
 `Serving` wires the pieces that know nothing of each other: the router (the Engine.IO endpoint at
 SIO_PATH, /health, /stats, /metrics, and whatever an application adds, such as the publish API),
 the HTTP server that listens, the Prometheus registry, and what the operations endpoints read
-(`OpsSources`: the server, its cluster when it has one, a presence). `Server` is the Socket.IO
+(`OpsSources`: the server, its cluster when it has one, a presence). With OPS_PORT set the
+operations endpoints get a router and an HTTP server of their own on OPS_HOST:OPS_PORT (same
+limits, same loop), so /health, /stats and /metrics never face the internet: the public port
+answers 404 for them. `Server` is the Socket.IO
 server that owns a `Serving`: `gateway.Server`, whose `start`/`close` the CLI, the bench app,
 the tests' apps and an application's `run(io.start, io.close)` call.
 """
@@ -68,10 +71,16 @@ class Serving:
         self.router.mount(self.settings.sio_path, server.engine.handle)
         self.http: HttpServer | None = None
         self.port: int | None = None
+        # The operations endpoints' own router when OPS_PORT is set (an application may add
+        # internal routes there); otherwise the public router serves them too.
+        self.ops_router = Router() if self.settings.ops_port is not None else self.router
+        self.ops_http: HttpServer | None = None
+        self.ops_port: int | None = None
+        self.listening = False
         # One registry per served server, so several servers in one process do not collide.
         self.metrics = CollectorRegistry(auto_describe=False)
-        self.ops = OpsSources(server, cluster, http=self._http)
-        mount_ops(self.router, self.ops, self.metrics)
+        self.ops = OpsSources(server, cluster, http=self._http, listening=self._listening)
+        mount_ops(self.ops_router, self.ops, self.metrics)
         # The admin UI's files go on the public port: the UI connects back to the origin that served it.
         self.admin_ui: StaticFiles | None = None
         if self.settings.admin_ui_dir is not None:
@@ -82,24 +91,48 @@ class Serving:
     def _http(self) -> HttpServer | None:
         return self.http
 
+    def _listening(self) -> bool:
+        return self.listening
+
     async def start(self, host: str | None = None, port: int | None = None) -> int:
-        """Start the adapters, then listen; returns the bound port (0 picks a free one)."""
+        """Open the operations port first (probes answer while the adapters join: live, and
+        ready 503), then start the adapters and listen; returns the bound public port (0 picks
+        a free one)."""
         settings = self.settings
-        await self.server.open()
-        self.http = HttpServer(self.router, settings.max_payload, settings)
-        host = host or settings.host
-        self.port = await self.http.listen(host, settings.port if port is None else port)
+        if self.ops_router is not self.router and settings.ops_port is not None:
+            self.ops_http = HttpServer(self.ops_router, settings.max_payload, settings)
+            self.ops_port = await self.ops_http.listen(settings.ops_host, settings.ops_port)
+            log.info("ops_listening host=%s port=%d", settings.ops_host, self.ops_port)
+        try:
+            await self.server.open()
+            self.http = HttpServer(self.router, settings.max_payload, settings)
+            host = host or settings.host
+            self.port = await self.http.listen(host, settings.port if port is None else port)
+        except BaseException:
+            await self._close_ops()
+            raise
+        self.listening = True
         log.info("listening host=%s port=%d path=%s", host, self.port, settings.sio_path)
         return self.port
 
     async def close(self, reason: str = "server shutting down") -> None:
         """Stop accepting, close every session with `reason`, the adapters, then the listener."""
         self.server.drain()
+        self.listening = False
         if self.http is not None:
             self.http.stop_accepting()
-        await self.server.shut(reason)
-        if self.http is not None:
-            await self.http.close()
+        try:
+            await self.server.shut(reason)
+            if self.http is not None:
+                await self.http.close()
+        finally:
+            # Last: probes keep answering (ready 503) for the whole drain.
+            await self._close_ops()
+
+    async def _close_ops(self) -> None:
+        if self.ops_http is not None:
+            ops, self.ops_http = self.ops_http, None
+            await ops.close()
 
 
 class Server(sio_server.Server):
@@ -133,6 +166,11 @@ class Server(sio_server.Server):
     @property
     def port(self) -> int | None:
         return self.serving.port
+
+    @property
+    def ops_port(self) -> int | None:
+        """The bound operations port when OPS_PORT is set (after `start`), else None."""
+        return self.serving.ops_port
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Listen and return the bound port (0 picks a free one)."""

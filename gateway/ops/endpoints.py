@@ -1,4 +1,10 @@
-"""`/health`, `/stats` and `/metrics`, served by every gateway process on its own port.
+"""`/health`, `/health/live`, `/health/ready`, `/stats` and `/metrics`, served by every gateway
+process on its own port, or on its internal operations port when OPS_PORT is set (gateway.serve).
+
+`/health` tells an operator how the node is; `/health/live` and `/health/ready` are the
+Kubernetes-style probes: live means the process and its event loop answer (a restart would not
+help otherwise), ready means the node may be given new clients (listening, joined to its cluster,
+not draining).
 
 Metrics are read from the plain counters the hot path bumps (no prometheus calls per packet): a
 custom collector turns them into metric families at scrape time, in a registry owned by the
@@ -47,6 +53,10 @@ def _no_http() -> HttpServer | None:
     return None
 
 
+def _not_listening() -> bool:
+    return False
+
+
 @dataclass(eq=False)
 class OpsSources:
     """Everything /health, /stats and /metrics read, handed over by the composition root."""
@@ -55,6 +65,9 @@ class OpsSources:
     cluster: ClusterView | None = None
     presence: HealthSource | None = None
     http: Callable[[], HttpServer | None] = field(default=_no_http)
+    # True once the public port accepts clients; readiness waits for it (the composition root
+    # says when: the operations port may answer before the public one listens).
+    listening: Callable[[], bool] = field(default=_not_listening)
 
 
 def connection_counts(server: Server) -> dict[str, int]:
@@ -87,6 +100,36 @@ def health(sources: OpsSources) -> tuple[int, dict[str, Any]]:
     if presence_health is not None:
         body["presence"] = presence_health
     return (503 if status == "unhealthy" else 200), body
+
+
+class Readiness:
+    """Whether this node should be sent new clients (`/health/ready`).
+
+    Not ready while draining, before the public port listens, and, with a cluster, until the
+    adapter has joined it: publisher and subscriber up, the subscriber's first probe through Redis
+    come back (a transport reports its subscriber up only after that). Joining is remembered: a
+    later Redis outage leaves the node ready, since it still serves its own clients (`/health`
+    says `degraded`) and a probe failing on every node at once would take the whole service out
+    of its balancer."""
+
+    __slots__ = ("sources", "joined")
+
+    def __init__(self, sources: OpsSources) -> None:
+        self.sources = sources
+        self.joined = sources.cluster is None
+
+    def check(self) -> tuple[int, dict[str, Any]]:
+        sources = self.sources
+        if sources.server.draining:
+            return 503, {"status": "not ready", "reason": "draining"}
+        if not sources.listening():
+            return 503, {"status": "not ready", "reason": "not listening"}
+        if not self.joined:
+            links = sources.cluster.health() if sources.cluster is not None else {}
+            if links.get("publisher") != "up" or links.get("subscriber") != "up":
+                return 503, {"status": "not ready", "reason": "joining cluster", "adapter": links}
+            self.joined = True
+        return 200, {"status": "ready"}
 
 
 def stats(server: Server) -> dict[str, Any]:
@@ -195,9 +238,18 @@ def _read_only(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
 
 
 def mount_ops(router: Router, sources: OpsSources, registry: CollectorRegistry) -> None:
-    """Route /health, /stats and /metrics to what `sources` holds; the gateway's own counters
-    join `registry`, which the caller owns (and may add collectors to)."""
+    """Route /health, /health/live, /health/ready, /stats and /metrics to what `sources` holds;
+    the gateway's own counters join `registry`, which the caller owns (and may add collectors to)."""
     registry.register(GatewayCollector(sources))  # type: ignore[arg-type]
+    readiness = Readiness(sources)
+
+    def live_handler(request: Request) -> None:
+        # Answered from the event loop itself: an answer proves the loop runs.
+        request.respond(200, b'{"status":"live"}', content_type="application/json")
+
+    def ready_handler(request: Request) -> None:
+        status, body = readiness.check()
+        request.respond(status, orjson.dumps(body), content_type="application/json")
 
     def health_handler(request: Request) -> None:
         status, body = health(sources)
@@ -213,5 +265,7 @@ def mount_ops(router: Router, sources: OpsSources, registry: CollectorRegistry) 
         request.respond(200, generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     router.add("/health", _read_only(health_handler))
+    router.add("/health/live", _read_only(live_handler))
+    router.add("/health/ready", _read_only(ready_handler))
     router.add("/stats", _read_only(stats_handler))
     router.add("/metrics", _read_only(metrics_handler))
