@@ -2,7 +2,10 @@
 
 Server frames are never masked and we negotiate no extension, so the bytes of a frame depend only
 on its payload: one broadcast builds its frame once and hands the same bytes to every recipient.
-Incoming frames are parsed by the `websockets` library's Sans-I/O protocol, not here.
+Incoming frames: the simple ones (complete, final, masked TEXT/BINARY) are parsed here on a fast
+path; every other frame goes to the `websockets` library's Sans-I/O protocol, which is only ever
+handed complete frames (see `complete_frames_length`), so the caller always knows whether the
+library holds anything without looking inside it.
 """
 
 from __future__ import annotations
@@ -88,3 +91,39 @@ def parse_client_frames(buf: bytes, max_size: int) -> tuple[list[tuple[int, byte
         messages.append((opcode, _apply_mask(buf[start:stop], buf[head:start])))
         pos = stop
     return messages, pos
+
+
+def complete_frames_length(buf: bytes, max_size: int) -> tuple[int, int]:
+    """How many leading bytes of `buf` are complete frames, of any kind, and how many bytes the
+    next (incomplete) frame needs in all (0 while its header is itself incomplete).
+
+    The caller keeps the rest until that many bytes have arrived and hands the library only whole
+    frames. A frame announcing more than `max_size` bytes is not waited for: the whole buffer is
+    returned as "complete" so that the library rejects it at once (a peer cannot make us buffer
+    an oversized frame).
+    """
+    pos = 0
+    end = len(buf)
+    while end - pos >= 2:
+        b1 = buf[pos + 1]
+        length = b1 & 0x7F
+        head = pos + 2
+        if length == 126:
+            if end - pos < 4:
+                break
+            length = (buf[head] << 8) | buf[head + 1]
+            head += 2
+        elif length == 127:
+            if end - pos < 10:
+                break
+            length = int.from_bytes(buf[head : head + 8], "big")
+            head += 8
+        if length > max_size:
+            return end, 0
+        if b1 & 0x80:
+            head += 4
+        stop = head + length
+        if stop > end:
+            return pos, stop - pos
+        pos = stop
+    return pos, 0

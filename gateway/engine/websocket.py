@@ -18,7 +18,7 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from protocol.wsframe import OP_TEXT, parse_client_frames
+from protocol.wsframe import OP_TEXT, complete_frames_length, parse_client_frames
 
 log = logging.getLogger("gateway.websocket")
 
@@ -81,6 +81,8 @@ class WebSocketTransport:
         "batcher",
         "_pending",
         "_fragments",
+        "_tail",
+        "_need",
         "_fragment_text",
         "_fragment_size",
         "_max_size",
@@ -96,6 +98,8 @@ class WebSocketTransport:
         self.batcher = batcher
         self._pending: list[bytes] | None = None
         self._fragments: list[bytes] | None = None
+        self._tail: bytearray | None = None  # an incomplete frame, kept until its last byte arrives
+        self._need = 0  # the size of that frame, once its header is in
         self._fragment_text = False
         self._fragment_size = 0
         self._max_size = max_size
@@ -111,8 +115,15 @@ class WebSocketTransport:
     # -- incoming ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        tail = self._tail
+        if tail is not None:
+            tail += data
+            if len(tail) < self._need:
+                return  # the frame is still incomplete: nothing to parse yet
+            data = bytes(tail)
+            self._tail = None
         protocol = self.protocol
-        if (protocol is None or (not protocol.reader.buffer and protocol.current_size is None and protocol.close_rcvd is None)) and not self.closed:
+        if self._fragments is None and not self.closed and (protocol is None or protocol.state is State.OPEN):
             # Fast path: complete, unfragmented data frames (almost all traffic) are parsed here;
             # whatever is left (control frames, fragments, partial frames) goes to the library.
             messages, consumed = parse_client_frames(data, self._max_size)
@@ -124,6 +135,15 @@ class WebSocketTransport:
                 if consumed == len(data):
                     return
                 data = data[consumed:]
+        # The library gets whole frames only, so it never holds a partial one: the fast path above
+        # needs no look inside it, just our own fragment state and its public `state`.
+        whole, need = complete_frames_length(data, self._max_size)
+        if whole < len(data):
+            self._tail = bytearray(data[whole:])
+            self._need = need
+            if not whole:
+                return
+            data = data[:whole]
         protocol = self._library()
         protocol.receive_data(data)
         events = protocol.events_received()
@@ -172,7 +192,11 @@ class WebSocketTransport:
             listener.ws_message(self, bytes(data))
 
     def eof_received(self) -> None:
-        self._library().receive_eof()
+        protocol = self._library()
+        if self._tail is not None:
+            tail, self._tail = self._tail, None
+            protocol.receive_data(bytes(tail))
+        protocol.receive_eof()
         self._flush_protocol()
 
     def connection_lost(self, exc: Exception | None) -> None:

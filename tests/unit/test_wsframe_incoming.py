@@ -64,3 +64,25 @@ def test_anything_but_a_simple_data_frame_stops_the_fast_path(frame):
 def test_oversized_frame_is_left_for_the_library_to_refuse():
     data = client_frame(Opcode.TEXT, b"x" * 200)
     assert parse_client_frames(data, 100) == ([], 0)
+
+
+def test_complete_frames_length_counts_whole_frames_of_any_kind_and_what_the_next_needs():
+    from protocol.wsframe import complete_frames_length
+
+    ping = client_frame(Opcode.PING, b"p")
+    part = client_frame(Opcode.TEXT, b"ab", fin=False)
+    big = client_frame(Opcode.BINARY, b"z" * 300)
+    data = ping + part + big
+    assert complete_frames_length(data, 1 << 20) == (len(data), 0)
+    # Cut inside the last frame's payload: the whole frames before it, and the size it needs.
+    assert complete_frames_length(data[:-5], 1 << 20) == (len(ping) + len(part), len(big))
+    # Cut inside its 16-bit length: the size is not known yet.
+    assert complete_frames_length(data[: len(ping) + len(part) + 3], 1 << 20) == (len(ping) + len(part), 0)
+    assert complete_frames_length(b"", 1 << 20) == (0, 0)
+
+
+def test_complete_frames_length_does_not_wait_for_an_oversized_frame():
+    from protocol.wsframe import complete_frames_length
+
+    head = bytes([0x82, 0x80 | 127]) + (10**9).to_bytes(8, "big") + b"mask"
+    assert complete_frames_length(head + b"abc", 1 << 20) == (len(head) + 3, 0)
