@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from redis.exceptions import RedisError
 
@@ -39,6 +39,9 @@ from .policy import ClientEventPolicy, Grants, PolicyError, RoomPatterns, compan
 from .presence import Presence, PresenceCollector, PresenceUnavailable, RedisPresence
 from .serve import Server
 from .sio import ConnectionRefused, Namespace, Socket
+
+if TYPE_CHECKING:
+    from .admin import AdminUI
 
 log = logging.getLogger("gateway.app")
 
@@ -89,13 +92,19 @@ class GatewayServer(Server):
     presence: Presence
     stats: GatewayStats
     api: PublishApi
+    admin: "AdminUI | None" = None  # the /admin namespace, with ADMIN_UI=true
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         await self.presence.start()
-        return await super().start(host, port)
+        port = await super().start(host, port)
+        if self.admin is not None:
+            self.admin.start()
+        return port
 
     async def close(self, reason: str = "server shutting down") -> None:
         try:
+            if self.admin is not None:
+                await self.admin.close()
             await self.presence.close()
         finally:
             await super().close(reason)
@@ -347,6 +356,10 @@ def build_gateway(settings: Settings) -> GatewayServer:
     server.metrics_registry.register(StandaloneCollector(server))
     server.metrics_registry.register(PresenceCollector(server.presence))
 
+    if settings.admin_ui:
+        from .admin import instrument
+
+        server.admin = instrument(server, settings)
     if settings.auth_mode == "none":
         log.warning("auth_disabled AUTH_MODE=none: anyone may connect and join any room; use only for development")
     if not settings.api_keys:

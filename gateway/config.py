@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -130,6 +131,10 @@ def _client_events(raw: str) -> tuple[str, ...]:
     return items
 
 
+# A bcrypt hash as bcrypt and bcryptjs write it: version, two-digit cost, 22 salt + 31 hash chars.
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
 def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -225,6 +230,21 @@ class Settings:
         "CLUSTER_RESTART_INITIAL_MS", 500, _int(10, 600_000), "`sio-gateway cluster`: wait before restarting a member that died; doubled for each further death of a member that had not stayed up CLUSTER_RESTART_MAX_MS"
     )
     cluster_restart_max_ms: int = setting("CLUSTER_RESTART_MAX_MS", 10000, _int(10, 3_600_000), "`sio-gateway cluster`: longest wait before a restart (the doubling stops there)")
+    # -- the /admin namespace of @socket.io/admin-ui (gateway/admin/) --
+    admin_ui: bool = setting("ADMIN_UI", False, _bool, "serve the /admin namespace @socket.io/admin-ui connects to (stats, sockets, rooms, events and actions, cluster-wide)")
+    admin_username: str | None = setting("ADMIN_USERNAME", None, _optional, "admin UI login name (with ADMIN_PASSWORD_HASH); both unset = no authentication (logged loudly)")
+    admin_password_hash: str | None = setting("ADMIN_PASSWORD_HASH", None, _optional, "bcrypt hash ($2a$/$2b$/$2y$) of the admin UI password")
+    admin_readonly: bool = setting("ADMIN_READONLY", False, _bool, "true = the admin UI may look but not emit, join, leave or disconnect")
+    admin_mode: str = setting(
+        "ADMIN_MODE", "development", _choice("development", "production"), "development: every socket, room change and event is sent to the admin UI; production: aggregated stats only"
+    )
+    admin_session_ttl_s: int = setting("ADMIN_SESSION_TTL_S", 86400, _int(60, 365 * 86400), "an admin login's session id stays valid this long (a Redis key with this TTL when REDIS_URL is set)")
+    admin_max_sessions: int = setting("ADMIN_MAX_SESSIONS", 1000, _int(1, 1_000_000), "admin session ids kept at most (the oldest is forgotten first)")
+    admin_max_connections: int = setting("ADMIN_MAX_CONNECTIONS", 32, _int(1, 100_000), "admin UI sockets connected to this node at once; more are refused")
+    admin_auth_failures_per_min: int = setting(
+        "ADMIN_AUTH_FAILURES_PER_MIN", 10, _int(0, 1_000_000), "failed admin logins per client address and minute (token bucket); beyond, logins are refused without a password check; 0 = no limit"
+    )
+    admin_auth_tracked_addresses: int = setting("ADMIN_AUTH_TRACKED_ADDRESSES", 10000, _int(1, 10_000_000), "client addresses the failed admin login limit remembers (oldest forgotten first)")
     # -- the admin UI's files, served at /admin/ (gateway/ops/static.py) --
     admin_ui_dir: str | None = setting(
         "ADMIN_UI_DIR", None, _optional, "folder of the built @socket.io/admin-ui served at /admin/ (`make admin-ui` puts it at admin-ui/node_modules/@socket.io/admin-ui/ui/dist); unset = not served"
@@ -259,6 +279,10 @@ class Settings:
             raise ConfigError(f"CLUSTER_RESTART_INITIAL_MS ({self.cluster_restart_initial_ms}) must not exceed CLUSTER_RESTART_MAX_MS ({self.cluster_restart_max_ms})")
         if self.ops_port and self.ops_port == self.port:
             raise ConfigError(f"OPS_PORT ({self.ops_port}) must differ from PORT: the operations endpoints move off the public port")
+        if (self.admin_username is None) != (self.admin_password_hash is None):
+            raise ConfigError("ADMIN_USERNAME and ADMIN_PASSWORD_HASH go together: set both, or neither for an admin UI without login")
+        if self.admin_password_hash is not None and not _BCRYPT_HASH.fullmatch(self.admin_password_hash):
+            raise ConfigError("ADMIN_PASSWORD_HASH: must be a bcrypt hash ($2b$12$ followed by 53 characters), e.g. from python -c 'import bcrypt; print(bcrypt.hashpw(b\"pw\", bcrypt.gensalt()).decode())'")
         if 0 < self.loop_stall_ms < 100:
             raise ConfigError(f"LOOP_STALL_MS must be 0 (off) or at least 100, got {self.loop_stall_ms}")
         if self.auth_mode == "jwt":
