@@ -280,7 +280,8 @@ function installTestApp(io, serverName) {
     }
 
     nsp.on("connection", (socket) => {
-      socket.data = { server: "node", auth: socket.handshake.auth };
+      // Assigned into, not replaced: an admin-ui instrumented server keeps its data._admin.
+      Object.assign(socket.data, { server: "node", auth: socket.handshake.auth });
       socket.emit("welcome", { id: socket.id, nsp: nspName });
 
       socket.on("join", async (room, ack) => {
@@ -344,6 +345,13 @@ async function serverStart(cmd) {
   const entry = { io, httpServer, redisClients, port: null };
   servers.set(name, entry);
   installTestApp(io, name);
+  if (cmd.admin) {
+    // @socket.io/admin-ui's instrument(io, opts): {auth: false | {type: "basic", username,
+    // password: bcrypt hash}, mode, readonly, serverId}.
+    // Imported here so the other commands run without the package installed.
+    const { instrument } = await import("@socket.io/admin-ui");
+    instrument(io, { auth: false, ...fromWire(cmd.admin) });
+  }
 
   try {
     await new Promise((resolve, reject) => {
