@@ -1,7 +1,7 @@
 """Who may open the admin UI: @socket.io/admin-ui's basic authentication, and its session ids.
 
 The UI sends `auth: {username, password}` in its CONNECT; the password is checked with bcrypt
-against ADMIN_PASSWORD_HASH and, on success, the server emits `session` with a fresh id that the
+against ADMIN_PASSWORD_HASH and, on success, the server emits `session` (once the socket is connected) with a fresh id that the
 UI keeps and sends back as `auth: {sessionId}` when it reconnects, so the password is typed (and
 bcrypt paid for) once. Session ids live in a store: this node's memory on a single node, a Redis
 key with a TTL when REDIS_URL is set (the package's RedisStore format, `socket.io-admin#<id>`),
@@ -19,6 +19,7 @@ import hmac
 import logging
 import secrets
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -165,6 +166,9 @@ class AdminAuth:
         self.throttle = AuthFailureThrottle(settings.admin_auth_failures_per_min, settings.admin_auth_tracked_addresses)
         self.stats = LoginStats()
         self.checking = 0  # logins in their middleware now (a bcrypt check may be running)
+        # Session ids issued to sockets still being admitted; sent as `session` once connected
+        # (a socket not admitted after all takes its entry with it).
+        self.issued: weakref.WeakKeyDictionary[Socket, str] = weakref.WeakKeyDictionary()
 
     @property
     def open(self) -> bool:
@@ -210,7 +214,7 @@ class AdminAuth:
                 log.warning("admin_session_save_failed error=%r", exc)
             outcomes["password"] += 1
             log.info("admin_login address=%s sid=%s", address, socket.id)
-            socket.emit("session", session_id)
+            self.issued[socket] = session_id
             return
         outcomes["invalid"] += 1
         if self.throttle.failed(address):

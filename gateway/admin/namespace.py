@@ -171,6 +171,9 @@ class AdminUI:
     # -- admin sockets ---------------------------------------------------------------------------
 
     def _admin_connected(self, socket: Socket) -> None:
+        session_id = self.auth.issued.pop(socket, None)
+        if session_id is not None:
+            socket.emit("session", session_id)
         if not self.readonly:
             self._register_actions(socket)
         else:

@@ -10,6 +10,7 @@ another node; the session id issued by one node is accepted by another (kept in 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -268,3 +269,38 @@ def test_event_buckets_are_per_second_deltas_of_counters() -> None:
     buckets.tick()  # nothing changed: no bucket
     assert buckets.take() == [{"timestamp": 1000_000, "type": "rawConnection", "count": 2}]
     assert buckets.take() == []
+
+
+async def test_single_node_memory_sessions_python_client_and_connection_cap() -> None:
+    """One node without Redis: session ids live in its memory; `session` arrives once the admin
+    socket is connected; ADMIN_MAX_CONNECTIONS refuses the next admin socket."""
+    import socketio
+
+    settings = Settings(port=0, auth_mode="none", admin_ui=True, admin_username=USERNAME, admin_password_hash=PASSWORD_HASH, admin_max_connections=1)
+    server = build_gateway(settings)
+    port = await server.start()
+    url = f"http://127.0.0.1:{port}"
+    got: dict[str, asyncio.Queue[Any]] = {name: asyncio.Queue() for name in ("session", "config", "server_stats", "all_sockets")}
+    ui = socketio.AsyncClient(reconnection=False)
+    for name, queue in got.items():
+        # args[0]: with connection state recovery on, an offset may follow as a last argument
+        ui.on(name, lambda *args, queue=queue: queue.put_nowait(args[0]), namespace="/admin")
+    extra = socketio.AsyncClient(reconnection=False)
+    try:
+        await ui.connect(url, namespaces=["/admin"], auth={"username": USERNAME, "password": PASSWORD}, transports=["websocket"], wait_timeout=STEP)
+        session_id = await asyncio.wait_for(got["session"].get(), STEP)
+        assert await server.admin.sessions.exists(session_id)
+        assert (await asyncio.wait_for(got["config"].get(), STEP))["supportedFeatures"] == ALL_FEATURES
+        stats = await asyncio.wait_for(got["server_stats"].get(), STEP)
+        assert stats["pid"] == os.getpid() and stats["clientsCount"] == 1
+        sockets = await asyncio.wait_for(got["all_sockets"].get(), STEP)
+        assert [s["nsp"] for s in sockets] == ["/admin"] and sockets[0]["transport"] == "websocket"
+        refusals: asyncio.Queue[Any] = asyncio.Queue()
+        extra.on("connect_error", refusals.put_nowait, namespace="/admin")
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await extra.connect(url, namespaces=["/admin"], auth={"sessionId": session_id}, transports=["websocket"], wait_timeout=STEP)
+        assert (await asyncio.wait_for(refusals.get(), STEP))["message"] == "too many admin connections"
+    finally:
+        await extra.disconnect()
+        await ui.disconnect()
+        await server.close()
