@@ -215,7 +215,27 @@ class Settings:
     max_connections: int = setting("MAX_CONNECTIONS", 0, _int(0, 10_000_000), "Engine.IO sessions this node accepts; 0 = no limit")
     allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), _origins, "Origin headers accepted on new connections (WebSocket and polling); empty = any; also the CORS list when CORS_ORIGINS is empty")
     # -- Redis Cluster with sharded pub/sub (gateway/cluster/sharded.py) --
-    redis_mode: str = setting("REDIS_MODE", "classic", _choice("classic", "sharded"), "classic: PUBLISH/SUBSCRIBE (createAdapter); sharded: Redis Cluster SPUBLISH/SSUBSCRIBE (createShardedAdapter)")
+    redis_mode: str = setting(
+        "REDIS_MODE",
+        "classic",
+        _choice("classic", "sharded", "streams"),
+        "classic: PUBLISH/SUBSCRIBE (createAdapter); sharded: Redis Cluster SPUBLISH/SSUBSCRIBE (createShardedAdapter); streams: one Redis stream + PUBLISH (@socket.io/redis-streams-adapter), with connection state recovery across nodes",
+    )
+    # -- REDIS_MODE=streams (gateway/cluster/streams.py), the Node adapter's defaults --
+    redis_stream_name: str = setting("REDIS_STREAM_NAME", "socket.io", _str, "the Redis stream every node appends to and reads (its `streamName`)")
+    redis_stream_maxlen: int = setting("REDIS_STREAM_MAXLEN", 10000, _int(10, 100_000_000), "entries the stream keeps (XADD MAXLEN ~): a client whose offset was trimmed gets a fresh connection")
+    redis_stream_read_count: int = setting("REDIS_STREAM_READ_COUNT", 100, _int(1, 100_000), "entries one XREAD returns at most")
+    redis_stream_block_ms: int = setting("REDIS_STREAM_BLOCK_MS", 5000, _int(10, 600_000), "how long one XREAD BLOCK waits for new entries")
+    redis_stream_replay_page: int = setting("REDIS_STREAM_REPLAY_PAGE", 1000, _int(1, 100_000), "entries one XRANGE of a recovery reads (never the whole stream in one call)")
+    redis_stream_replay_max_pages: int = setting(
+        "REDIS_STREAM_REPLAY_MAX_PAGES", 100, _int(1, 100_000), "XRANGE pages one recovery may read; more = not recovered (a fresh connection, counted), never a partial replay"
+    )
+    redis_session_key_prefix: str = setting("REDIS_SESSION_KEY_PREFIX", "sio:session:", _str, "key prefix of kept sessions (`<prefix><pid>`, the Node adapter's `sessionKeyPrefix`)")
+    redis_session_flush_ms: int = setting("REDIS_SESSION_FLUSH_MS", 200, _int(10, 60_000), "a connected socket's session is written to Redis at most this long after it connects or its rooms change")
+    redis_session_refresh_ms: int = setting(
+        "REDIS_SESSION_REFRESH_MS", 30000, _int(1000, 3_600_000), "connected sockets' sessions (and their data) are rewritten this often, kept STATE_RECOVERY_MS + this long, so a node's death leaves them recoverable"
+    )
+    redis_session_batch: int = setting("REDIS_SESSION_BATCH", 1000, _int(1, 1_000_000), "session writes queued per flush at most (the rest wait for the next flush)")
     redis_cluster_nodes: tuple[str, ...] = setting("REDIS_CLUSTER_NODES", (), _list, "comma-separated host:port seeds of the Redis Cluster (REDIS_MODE=sharded); empty = the host:port of REDIS_URL")
     redis_subscription_mode: str = setting("REDIS_SUBSCRIPTION_MODE", "dynamic", _choice("dynamic", "static", "dynamic-private"), "sharded subscriptionMode: dynamic = one channel per public room while this node has members in it")
     # -- deployment (gateway/proxies.py, gateway/redis/client.py, gateway/topology.py) --
@@ -293,6 +313,8 @@ class Settings:
                     raise ConfigError(f"JWT_PUBLIC_KEY_FILE is required with JWT_ALGORITHM={self.jwt_algorithm}")
                 if not os.path.isfile(self.jwt_public_key_file) or not os.access(self.jwt_public_key_file, os.R_OK):
                     raise ConfigError(f"JWT_PUBLIC_KEY_FILE: cannot read {self.jwt_public_key_file!r}")
+        if self.redis_mode == "streams" and not self.redis_url:
+            raise ConfigError("REDIS_MODE=streams needs REDIS_URL (the Redis that holds the stream)")
         if self.redis_mode == "sharded":
             if not self.redis_cluster_nodes and not self.redis_url:
                 raise ConfigError("REDIS_MODE=sharded needs REDIS_CLUSTER_NODES (host:port,...) or REDIS_URL")

@@ -1,8 +1,9 @@
 """The cluster: one `ClusterAdapter` (every request/response/ack rule) over a Redis transport.
 
 `cluster_adapter_factory(settings)` is what a Server is given to make its namespaces' adapters:
-the classic transport (REDIS_URL: PUBLISH/PSUBSCRIBE) or the sharded one (REDIS_MODE=sharded:
-SPUBLISH/SSUBSCRIBE), one per server, shared by its namespaces. A new transport is a module
+the classic transport (REDIS_URL: PUBLISH/PSUBSCRIBE), the sharded one (REDIS_MODE=sharded:
+SPUBLISH/SSUBSCRIBE) or the streams one (REDIS_MODE=streams: XADD/XREAD + PUBLISH, with
+connection state recovery: streams.py), one per server, shared by its namespaces. A new transport is a module
 implementing `transport.Transport` and a branch in `make_transport`.
 """
 
@@ -22,6 +23,10 @@ __all__ = ["ClusterAdapter", "ClusterUnavailable", "Transport", "cluster_adapter
 
 def make_transport(settings: Settings) -> Transport:
     """The transport the settings ask for."""
+    if settings.redis_mode == "streams":
+        from .streams import StreamsTransport
+
+        return StreamsTransport(settings)
     if settings.redis_mode == "sharded":
         from .sharded import ShardedTransport
 
@@ -39,6 +44,10 @@ def cluster_adapter_factory(settings: Settings) -> Callable[["AdapterNamespace"]
         nonlocal transport
         if transport is None:
             transport = make_transport(settings)
+        if settings.redis_mode == "streams":
+            from .streams import StreamsClusterAdapter
+
+            return StreamsClusterAdapter(nsp, transport, settings)  # type: ignore[arg-type]
         return ClusterAdapter(nsp, transport, settings)
 
     return factory

@@ -267,7 +267,11 @@ def _check_sharded_data(kind: ShardedType, data: Any, what: str) -> BroadcastOpt
 
 def _envelope(payload: bytes | bytearray | memoryview) -> tuple[ShardedType, str, str, Any, BroadcastOptions | None]:
     """Sniff and check an envelope: (type, uid, nsp, data, the decoded opts of types with opts)."""
-    message, kind = typed_object(sniff(payload), "sharded message", ShardedType)
+    return _checked(sniff(payload))
+
+
+def _checked(obj: Any) -> tuple[ShardedType, str, str, Any, BroadcastOptions | None]:
+    message, kind = typed_object(obj, "sharded message", ShardedType)
     what = f"sharded message type {int(kind)}"
     uid = require(message, "uid", str, what)
     nsp = require(message, "nsp", str, what)
@@ -344,7 +348,13 @@ _RESPONSES = {
 def decode_message(payload: bytes | bytearray | memoryview) -> Message | None:
     """Any sharded message as a typed message, validated completely; None for the heartbeat and
     adapter-close notices, which this adapter does not act on."""
-    kind, uid, nsp, data, opts_or_none = _envelope(payload)
+    return decode_envelope(sniff(payload))
+
+
+def decode_envelope(obj: Any) -> Message | None:
+    """An already-decoded `{type, data, uid, nsp}` object as a typed message (the streams adapter
+    reads the same envelope from stream fields and msgpack messages)."""
+    kind, uid, nsp, data, opts_or_none = _checked(obj)
     opts: Any = opts_or_none
     what = f"sharded message type {int(kind)}"
     T = ShardedType

@@ -218,6 +218,14 @@ function clientTransport({ name }) {
   return socket.io.engine?.transport?.name ?? null;
 }
 
+// Where the client's manager connects next (a reconnection to another node of the cluster).
+function clientSetUrl({ name, url }) {
+  const { socket } = clientEntry(name);
+  if (typeof url !== "string") throw new CommandError("client.set_url needs a url");
+  socket.io.uri = url;
+  return null;
+}
+
 function clientList() {
   const out = {};
   for (const [name, { socket }] of clients) out[name] = { connected: socket.connected, id: socket.id ?? null };
@@ -336,6 +344,16 @@ async function serverStart(cmd) {
     const adapterOpts = { subscriptionMode: "dynamic" };
     if (cmd.key !== undefined) adapterOpts.channelPrefix = cmd.key;
     options.adapter = createShardedAdapter(redisClients[0], redisClients[1], adapterOpts);
+  } else if (adapterKind === "streams") {
+    // @socket.io/redis-streams-adapter 0.3.1 with connection state recovery on (the mixed
+    // streams cluster); imported here so the other commands run without the package.
+    redisClients = await connectRedisPair(cmd, name);
+    const { createAdapter: createStreamsAdapter } = await import("@socket.io/redis-streams-adapter");
+    const adapterOpts = {};
+    if (cmd.key !== undefined) adapterOpts.channelPrefix = cmd.key;
+    if (cmd.streamName !== undefined) adapterOpts.streamName = cmd.streamName;
+    options.adapter = createStreamsAdapter(redisClients[0], adapterOpts);
+    options.connectionStateRecovery = { maxDisconnectionDuration: cmd.recoveryMs ?? 120000, skipMiddlewares: true };
   } else if (adapterKind !== "none") {
     throw new CommandError(`unknown adapter ${JSON.stringify(adapterKind)}`);
   }
@@ -540,6 +558,7 @@ const commands = {
   "client.disconnect": clientDisconnect,
   "client.transport": clientTransport,
   "client.list": clientList,
+  "client.set_url": clientSetUrl,
   "server.start": serverStart,
   "server.stop": serverStop,
   "server.broadcast": serverBroadcast,

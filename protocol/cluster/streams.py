@@ -1,0 +1,208 @@
+"""The wire format of @socket.io/redis-streams-adapter 0.3.1 (Sans-I/O).
+
+That adapter speaks socket.io-adapter's ClusterAdapter messages (the same `{type, data, uid,
+nsp}` as the sharded adapter, sharded.py) over two carriers:
+
+- one Redis stream (`XADD <stream> MAXLEN ~ <n> * uid <uid> nsp <nsp> type <type> [data <data>]`)
+  for every message another node must not miss: broadcasts without acknowledgements, socketsJoin
+  / Leave, disconnectSockets. `type` is the decimal text of the type; `data` is the JSON text of
+  the message's data, or, when the type may carry user binary and does, the base64 of its
+  msgpack. A reader tells the two apart by the first character (`{` is JSON). The entry id is the
+  packet's offset for connection state recovery.
+- PUBLISH for the ephemeral ones (a broadcast with acks, serverSideEmit, fetchSockets) on
+  `<prefix>#<nsp>#`, and for answers on `<prefix>#<nsp>#<requester uid>#`: the msgpack of the
+  whole message, always msgpack.
+
+A session left by a disconnected socket is `SET <sessionKeyPrefix><pid>` to the base64 of the
+msgpack of `{sid, pid, rooms, data}`. Everything here reproduces Node's bytes (key order, number
+forms) so that both implementations read each other's entries, messages and sessions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ClusterMessageError
+from .messages import Broadcast, DisconnectSockets, FetchSockets, Message, Response, Room, ServerSideEmit, ShardedType, SocketsJoin, SocketsLeave
+from .sharded import _SHARDED_BINARY_TYPES, ShardedMessage, decode_envelope, to_envelope
+from .values import contains_binary, dump_json, load_json, pack, unpack
+
+__all__ = [
+    "StreamSession",
+    "decode_entry",
+    "decode_ephemeral",
+    "decode_session",
+    "encode_entry",
+    "encode_ephemeral",
+    "encode_session",
+    "included",
+    "is_ephemeral",
+    "next_offset",
+    "offset_key",
+    "public_channel",
+    "private_channel",
+    "valid_offset",
+]
+
+_OFFSET = re.compile(r"[0-9]{1,20}-[0-9]{1,20}\Z")
+
+
+def public_channel(prefix: str, nsp: str) -> str:
+    """Where ephemeral messages of a namespace are published (and what NUMSUB counts)."""
+    return f"{prefix}#{nsp}#"
+
+
+def private_channel(prefix: str, nsp: str, uid: str) -> str:
+    """Where node `uid` receives the answers to its requests."""
+    return f"{prefix}#{nsp}#{uid}#"
+
+
+def is_ephemeral(message: Message) -> bool:
+    """Messages that go over PUBLISH, not the stream (as 0.3.1's `isEphemeral`): nobody replays
+    them, because the requester waits for answers only a short while. Responses too."""
+    kind = type(message)
+    if kind is Broadcast:
+        return message.request_id is not None  # type: ignore[union-attr]
+    return kind in (ServerSideEmit, FetchSockets, Response)
+
+
+# -- stream entries --------------------------------------------------------------------------------
+
+
+def encode_entry(message: Message) -> list[bytes]:
+    """The field/value pairs of the XADD of a non-ephemeral message, in Node's order."""
+    envelope = to_envelope(message)
+    fields = [b"uid", envelope.uid.encode(), b"nsp", envelope.nsp.encode(), b"type", b"%d" % int(envelope.type)]
+    data = envelope.data
+    if data:
+        if envelope.type in _SHARDED_BINARY_TYPES and contains_binary(data):
+            fields += [b"data", base64.b64encode(pack(data))]
+        else:
+            fields += [b"data", dump_json(data)]
+    return fields
+
+
+def entry_fields(flat: Sequence[Any]) -> dict[bytes, bytes]:
+    """The `[field, value, field, value, ...]` of an XREAD/XRANGE entry as a dict."""
+    if len(flat) % 2:
+        raise ClusterMessageError("stream entry: odd number of field/value items")
+    return {bytes(flat[i]): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> Message | None:
+    """A stream entry (its fields) as a typed message, validated completely; None for a message
+    this adapter does not act on (heartbeats, adapter close). ClusterMessageError otherwise."""
+    try:
+        uid = fields[b"uid"].decode()
+        nsp = fields[b"nsp"].decode()
+        kind = int(fields[b"type"])
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise ClusterMessageError(f"stream entry: missing or bad uid/nsp/type ({exc!r})") from None
+    raw = fields.get(b"data")
+    envelope: dict[str, Any] = {"type": kind, "uid": uid, "nsp": nsp}
+    if raw:
+        if raw[:1] == b"{":
+            envelope["data"] = load_json(raw)
+        else:
+            try:
+                envelope["data"] = unpack(base64.b64decode(raw, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise ClusterMessageError(f"stream entry: data is neither JSON nor base64 ({exc})") from None
+    return decode_envelope(envelope)
+
+
+# -- PUBLISH ---------------------------------------------------------------------------------------
+
+
+def encode_ephemeral(message: Message) -> bytes:
+    """The msgpack of the whole message `{type, data, uid, nsp}`, as 0.3.1 publishes it."""
+    envelope: ShardedMessage = to_envelope(message)
+    body: dict[str, Any] = {"type": int(envelope.type)}
+    if envelope.data is not None:
+        body["data"] = envelope.data
+    body["uid"] = envelope.uid
+    body["nsp"] = envelope.nsp
+    return pack(body)
+
+
+def decode_ephemeral(payload: bytes | bytearray | memoryview) -> Message | None:
+    """A published message or answer (msgpack; JSON accepted too) as a typed message."""
+    data = bytes(payload)
+    if not data:
+        raise ClusterMessageError("empty payload")
+    return decode_envelope(load_json(data) if data[:1] == b"{" else unpack(data))
+
+
+# -- offsets ---------------------------------------------------------------------------------------
+
+
+def valid_offset(offset: str) -> bool:
+    """A stream entry id `<ms>-<seq>` (what Node checks before it touches Redis)."""
+    return isinstance(offset, str) and _OFFSET.match(offset) is not None
+
+
+def offset_key(offset: str | bytes) -> tuple[int, int]:
+    """An entry id as a comparable pair (ids compare numerically, not as text)."""
+    text = offset.decode() if isinstance(offset, (bytes, bytearray)) else offset
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def next_offset(offset: str) -> str:
+    """The smallest id after `offset` (an exclusive XRANGE start that Redis < 6.2 takes too)."""
+    ms, seq = offset_key(offset)
+    return f"{ms}-{seq + 1}"
+
+
+# -- sessions --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamSession:
+    """socket.io's Session as the Node adapter stores it."""
+
+    sid: str
+    pid: str
+    rooms: list[Room]
+    data: Any
+
+
+def encode_session(session: StreamSession) -> bytes:
+    """base64(msgpack({sid, pid, rooms, data})), the value of `sio:session:<pid>`."""
+    return base64.b64encode(pack({"sid": session.sid, "pid": session.pid, "rooms": list(session.rooms), "data": session.data}))
+
+
+def decode_session(value: bytes | str) -> StreamSession:
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    try:
+        obj = unpack(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise ClusterMessageError(f"session: not base64 ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ClusterMessageError("session: not an object")
+    sid, pid, rooms = obj.get("sid"), obj.get("pid"), obj.get("rooms", [])
+    if not isinstance(sid, str) or not isinstance(pid, str) or not isinstance(rooms, list):
+        raise ClusterMessageError("session: sid/pid/rooms missing or of the wrong type")
+    for room in rooms:
+        if not isinstance(room, (str, int, float)) or isinstance(room, bool):
+            raise ClusterMessageError(f"session: bad room {room!r:.100}")
+    return StreamSession(sid, pid, rooms, obj.get("data"))
+
+
+def included(session_rooms: Iterable[Room], rooms: Iterable[Room], except_rooms: Iterable[Room]) -> bool:
+    """Whether a broadcast to `rooms` minus `except_rooms` reached a socket in `session_rooms`
+    (0.3.1's `shouldIncludePacket`)."""
+    mine = set(session_rooms)
+    targets = list(rooms)
+    if targets and mine.isdisjoint(targets):
+        return False
+    return mine.isdisjoint(except_rooms)
+
+
+STREAM_TYPES = frozenset({Broadcast, SocketsJoin, SocketsLeave, DisconnectSockets})
+BROADCAST_TYPE = b"%d" % int(ShardedType.BROADCAST)
