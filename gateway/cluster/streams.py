@@ -86,6 +86,7 @@ class StreamsTransport(SupervisedLinks):
         self.channels: dict[bytes, ClusterMember] = {}
         self.commands: aioredis.Redis | None = None
         self.last_id: str | None = None  # the newest entry delivered (None until the reader starts)
+        self.reader_up = False
         self._pub: PipelineStream | None = None
         self._sub: SubscriberStream | None = None
         self._sub_changed = asyncio.Event()
@@ -175,6 +176,7 @@ class StreamsTransport(SupervisedLinks):
                         self.reader_resumes += 1
                         log.info("stream_reader_resumed from=%s after_attempts=%d", self.last_id, attempts)
                     attempts = 0
+                    self.reader_up = True
                 reply = await reader.execute(
                     b"XREAD", b"COUNT", count, b"BLOCK", block, b"STREAMS", self.stream, self.last_id, timeout=block / 1000 + 5.0
                 )
@@ -184,6 +186,7 @@ class StreamsTransport(SupervisedLinks):
                 raise
             except (OSError, ConnectionError, RedisError, IndexError, TypeError, ValueError) as exc:
                 attempts += 1
+                self.reader_up = False
                 log.warning("stream_reader_down attempt=%d error=%r", attempts, str(exc))
                 if reader is not None:
                     await reader.aclose()
@@ -361,14 +364,16 @@ class StreamsTransport(SupervisedLinks):
     # -- health --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        up = self.pub_up and self.sub_up and self.reader_up
         return {
-            "mode": "streams",
+            "mode": "single-node" if self.single_node else "streams",
+            "status": "healthy" if up else "degraded",
+            "reader": "up" if self.reader_up else "down",
             "publisher": "up" if self.pub_up else "down",
             "subscriber": "up" if self.sub_up else "down",
             "stream": self.stream.decode(),
             "last_id": self.last_id,
             "outbox": len(self.outbox),
-            "single_node": self.single_node,
         }
 
     async def redis_info(self) -> dict[str, Any]:

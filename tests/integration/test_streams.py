@@ -212,3 +212,78 @@ async def test_client_kill_of_reader_and_publisher_connections_loses_nothing(red
         assert got == list(range(total))
         await asyncio.sleep(0.3)
         assert [e for e in node.pending_events() if e.get("name") == "k" and e.get("event") == "n"] == []
+
+
+# -- standalone nodes (`python -m gateway`) behind nginx -------------------------------------------
+
+from tests.integration.test_topologies import Started, started  # noqa: E402,F401  (nginx + process fixture)
+
+API_KEY = "streams-test-key"
+
+
+def standalone_env(redis: RedisServerProcess) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis.url,
+        "REDIS_MODE": "streams",
+        "AUTH_MODE": "none",
+        "API_KEYS": API_KEY,
+        "API_AUTH_FAILURES_PER_MIN": "0",
+        "RATE_LIMIT_EVENTS_PER_S": "0",
+        "REDIS_SESSION_FLUSH_MS": "50",
+        "REDIS_RECONNECT_INITIAL_MS": "50",
+        "REDIS_RECONNECT_MAX_MS": "500",
+        "SHUTDOWN_DEADLINE_MS": "3000",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def connections(gateway: GatewayProcess) -> int:
+    status, raw = gateway.get("/health", timeout=2)
+    return int(json.loads(raw).get("connections", 0)) if status in (200, 503) else 0
+
+
+async def publish_numbered(gateway: GatewayProcess, count: int, per_s: float) -> None:
+    """POST /api/emit {rooms: [company:1], event: n, data: i} `count` times at `per_s`."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        for i in range(count):
+            async with http.post(gateway.url + "/api/emit", json={"rooms": ["company:1"], "event": "n", "data": i}, timeout=aiohttp.ClientTimeout(total=5)) as response:
+                assert response.status == 200, await response.text()
+            await asyncio.sleep(1 / per_s)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+async def test_the_clients_node_dies_behind_nginx_it_recovers_elsewhere_nothing_lost(redis_server: RedisServerProcess, started: Started, node: NodeDriver, how: str) -> None:
+    """Three standalone nodes behind nginx; a client in company:1 gets 100 messages/s published
+    on another node; its node is SIGKILLed (its session was in Redis while it was connected) or
+    drained with SIGTERM (which writes every session): the client reconnects through nginx to
+    another node, same id, recovered, every message once and in order."""
+    gateways = [GatewayProcess("gateway", env=standalone_env(redis_server), log_dir=started.workdir) for _ in range(3)]
+    for g in gateways:
+        started.gateways.append(g)
+        await asyncio.to_thread(g.start)
+    _, url = started.nginx([g.port for g in gateways])
+    opts = {**client_opts(200), "transports": ["websocket"]}
+    first = await node.call("client.connect", name="w", url=url, nsp="/", opts=opts)
+    await node.wait_event(ev="connect", name="w", timeout=TIMEOUT)
+    assert (await node.call("client.emit", name="w", event="join:company", args=[1], ack=True))[0]["ok"] is True
+    home = next(g for g in gateways if connections(g) == 1)
+    publisher = next(g for g in gateways if g is not home)
+    await asyncio.sleep(0.3)  # its session (with company:1) is written while it is connected
+
+    total = 300
+    sending = asyncio.ensure_future(publish_numbered(publisher, total, 100))
+    await asyncio.sleep(1.0)
+    if how == "SIGKILL":
+        home.kill()  # nothing persisted at a disconnect, no goodbye to the client
+    else:
+        await asyncio.to_thread(home.stop, 5)
+    back = await node.wait_event(ev="connect", name="w", timeout=15)
+    await asyncio.wait_for(sending, 15)
+    assert back["id"] == first["id"]
+    assert (await node.call("client.state", name="w"))["recovered"] is True
+    got = [(await next_args(node, "w", "n", timeout=10))[0] for _ in range(total)]
+    assert got == list(range(total))  # 0 lost, 0 duplicated, in order
+    await asyncio.sleep(0.3)
+    assert [e for e in node.pending_events() if e.get("name") == "w" and e.get("event") == "n"] == []
