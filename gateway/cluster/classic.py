@@ -39,13 +39,35 @@ from protocol.cluster import (
     response_channel,
 )
 from protocol.errors import ClusterMessageError
+from protocol.resp import encode_publish, numsub_counts
 
 from ..config import Settings
 from ..redis.client import redis_client
-from ..redis.stream import PublishStream, SubscriberStream
+from ..redis.stream import PublishStream, RedisReplyError, SubscriberStream
+from ..redis.supervision import QueuedMessage, ReplayGate, Verdict, Watchdog
 from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
 
 log = logging.getLogger("gateway.cluster")
+
+ZERO_RECEIVERS = "Redis no longer counts our subscriber"  # the Watchdog's reason: nothing was delivered to it
+
+
+class CountingPublishStream(PublishStream):
+    """Pipelined PUBLISH that keeps every reply: the receiver counts are compared with the
+    subscribed nodes (a publish that reached fewer is a counted cross-node loss)."""
+
+    async def publish_counted(self, batch: list[QueuedMessage]) -> list[Any]:
+        """One write for the batch; the replies in order (an int, or a RespError value)."""
+        await self._write(b"".join([encode_publish(channel, payload) for channel, payload, _ in batch]))
+        replies: list[Any] = []
+        parser = self.parser
+        while len(replies) < len(batch):
+            reply = parser.gets()
+            if reply is False:
+                await self._fill()
+                continue
+            replies.append(reply)
+        return replies
 
 
 class ClassicTransport(SupervisedLinks):
@@ -73,16 +95,24 @@ class ClassicTransport(SupervisedLinks):
         self.channels: dict[bytes, tuple[ClusterMember, bool]] = {}  # channel -> (member, is request channel)
         self.patterns: dict[bytes, tuple[ClusterMember, bytes]] = {}  # pattern -> (member, `P#N#`)
         self.request_channels: dict[str, bytes] = {}
+        # Channels every node of a namespace hears -> that namespace's request channel, whose
+        # subscriber count (one per node) is what a publish on them is expected to reach.
+        self.counted_by: dict[bytes, bytes] = {}
         self.pub: aioredis.Redis | None = None
         self._pubsub: Any = None
-        self._pub_stream: PublishStream | None = None
+        self._pub_stream: CountingPublishStream | None = None
         self.node_tag = new_sharded_id()
         self.probe_channel = f"{self.prefix}-gateway-probe#{self.node_tag}#".encode()
-        self._probe_seen = 0.0
+        self.watchdog = Watchdog(settings.watchdog_ms / 1000, settings.outbox_max_age_ms / 1000)
         self._probe_waiter: asyncio.Future[None] | None = None
-        # Subscribers of our request channels (one per node) as last seen while the links were
-        # up: after an outage the outbox waits for as many before it is replayed.
-        self._peer_counts: dict[bytes, int] = {}
+
+    @property
+    def stalls(self) -> int:
+        return self.watchdog.stalls
+
+    @property
+    def watchdog_rebuilds(self) -> int:
+        return self.watchdog.rebuilds
 
     def new_id(self) -> str:
         return new_classic_id()
@@ -98,14 +128,20 @@ class ClassicTransport(SupervisedLinks):
         self.patterns[broadcast_pattern(prefix, name).encode()] = (member, f"{prefix}#{name}#".encode())
         request = self.request_channels[name] = request_channel(prefix, name).encode()
         self.channels[request] = (member, True)
-        self.channels[response_channel(prefix, name).encode()] = (member, False)
+        general_response = response_channel(prefix, name).encode()
+        self.channels[general_response] = (member, False)
+        for channel in (request, f"{prefix}#{name}#".encode()):  # not answers: one requester needs them
+            self.counted_by[channel] = request
         self.channels[response_channel(prefix, name, member.uid).encode()] = (member, False)
         if self._pubsub is not None and self.sub_up:
             asyncio.ensure_future(self._subscribe_member(self._pubsub, member))
 
     def unregister(self, member: ClusterMember) -> None:
         self.members.pop(member.name, None)
-        self.request_channels.pop(member.name, None)
+        request = self.request_channels.pop(member.name, None)
+        for channel, counted in list(self.counted_by.items()):
+            if counted == request:
+                del self.counted_by[channel]
         for pattern, (owner, _) in list(self.patterns.items()):
             if owner is member:
                 del self.patterns[pattern]
@@ -185,8 +221,7 @@ class ClassicTransport(SupervisedLinks):
                 raise ConnectionError(f"request channel {channel!r} not subscribed")
 
     async def _subscriber_loop(self) -> None:
-        watchdog = self.settings.watchdog_ms / 1000
-        probe_every = max(0.1, watchdog / 3)
+        watchdog = self.watchdog
         settle_time = self.settings.reconnect_max_ms / 1000 + 1.0
         while not self._closing:
             client = self._client()
@@ -197,64 +232,50 @@ class ClassicTransport(SupervisedLinks):
                     await self._subscribe_member(pubsub, member)
                 await self._verify(pubsub, client)
                 self._pubsub = pubsub
-                self.sub_up = True
-                self._link_restored("subscriber", self._sub_attempts)
                 recovering = self._sub_attempts > 0
-                self._sub_attempts = 0
-                self._probe_seen = up_since = time.monotonic()
-                next_probe = time.monotonic() + probe_every
-                acked_sent = acked_at = 0.0  # last probe Redis acknowledged: when sent, when acked
-                stalled_since = 0.0
+                self._link_restored("subscriber")
+                up_since = time.monotonic()
+                watchdog.start(up_since)
                 while not self._closing:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(1.0, probe_every))
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(1.0, watchdog.every))
                     if message is not None:
                         self._dispatch(message)
                     now = time.monotonic()
-                    if now >= next_probe:
-                        next_probe = now + probe_every
+                    if watchdog.probe_due(now):
+                        watchdog.probe_sent(now)
+                        # After an outage, peers are counted only once they have had a reconnect
+                        # cap to come back (a count taken earlier would release a replay too soon).
+                        trusted = ReplayGate.counts_trusted(self.pub_up, self._pub_attempts, recovering, now - up_since, settle_time)
                         try:
-                            # After an outage, peers are counted only once they have had a reconnect
-                            # cap to come back (the count from before is what a replay waits for).
-                            settled = self.pub_up and not self._pub_attempts and (not recovering or now - up_since > settle_time)
-                            receivers = await asyncio.wait_for(self._probe(client, settled), probe_every)
+                            receivers = await asyncio.wait_for(self._probe(client, trusted), watchdog.every)
                         except (asyncio.TimeoutError, RedisTimeout):
-                            pass  # Redis does not answer at all: a stall, judged below
+                            pass  # Redis does not answer at all: a stall, judged by the watchdog
                         except (RedisError, OSError) as exc:
                             raise ConnectionError(f"probe publish failed: {exc}") from exc
                         else:
-                            if receivers == 0:
-                                raise ConnectionError("Redis no longer counts our subscriber")
-                            acked_sent, acked_at = now, time.monotonic()
+                            watchdog.probe_acked(now, time.monotonic(), receivers)
                         now = time.monotonic()
-                    silent = now - self._probe_seen
-                    if silent <= watchdog:
-                        if stalled_since:
-                            stalled_since = 0.0
-                            self.sub_up = True
-                            log.warning("cluster_link_resumed link=subscriber")
+                    verdict = watchdog.check(now)
+                    if verdict is Verdict.HEALTHY:
                         continue
-                    # Redis answered a probe sent after the last one we heard, and that probe has
-                    # had time to arrive: this connection is dead while Redis is not. Rebuild.
-                    lost = acked_sent > self._probe_seen and now - acked_at > min(watchdog, 1.0)
-                    # Redis answers nothing (frozen, overloaded): this connection still holds
-                    # everything Redis will send when it resumes, so keep it, degraded, for as
-                    # long as the outbox window (a rebuild would lose what it holds).
-                    if not stalled_since:
-                        stalled_since = now
+                    if verdict is Verdict.RESUMED:
+                        self.sub_up = True
+                        log.warning("cluster_link_resumed link=subscriber")
+                    elif verdict is Verdict.STALLED:
+                        # Redis answers nothing: this connection still holds what Redis will send
+                        # when it resumes, so it is kept, degraded, within the watchdog's patience.
                         self.sub_up = False
-                        self.stats.stalls += 1
-                        log.warning("cluster_link_stalled link=subscriber silent_seconds=%.1f", silent)
-                    if lost or now - stalled_since > max(watchdog, self.settings.outbox_max_age_ms / 1000):
-                        self.stats.watchdog_rebuilds += 1
-                        raise ConnectionError(f"subscriber received nothing for {silent:.1f}s")
+                        log.warning("cluster_link_stalled link=subscriber silent_seconds=%.1f", now - watchdog.seen)
+                    elif verdict is Verdict.LOST:
+                        if watchdog.reason != ZERO_RECEIVERS:
+                            # Redis may still count (and deliver to) the connection given up.
+                            self.subscriber_rebuilt(watchdog.reason)
+                        raise ConnectionError(watchdog.reason)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as exc:
-                self.sub_up = False
                 self._pubsub = None
-                self._sub_attempts += 1
-                self._failed_attempt("subscriber", self._sub_attempts, exc)
-                await asyncio.sleep(self.backoff(self._sub_attempts))
+                await asyncio.sleep(self._failed_attempt("subscriber", self._sub_attempts + 1, exc))
             finally:
                 if self._closing:
                     self.sub_up = False
@@ -270,8 +291,26 @@ class ClassicTransport(SupervisedLinks):
         channels = list(self.request_channels.values())
         if channels and count_peers:
             reply = await client.execute_command("PUBSUB", "NUMSUB", *channels)
-            self._peer_counts = {bytes(reply[i]): int(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+            self.note_subscribed(numsub_counts(reply), time.monotonic())
         return int(receivers)
+
+    async def count_subscribers(self, channels: list[bytes]) -> dict[bytes, int]:
+        assert self.pub is not None
+        reply = await asyncio.wait_for(self.pub.execute_command("PUBSUB", "NUMSUB", *channels), self.settings.requests_timeout_ms / 1000)
+        return numsub_counts(reply)
+
+    def _expected(self, channel: bytes) -> int | None:
+        """Subscribers a publish on `channel` should reach (this node included); None for a
+        channel not every node hears (an answer to one requester)."""
+        request = self.counted_by.get(channel)
+        if request is None:
+            for base, (member, prefix) in self.patterns.items():
+                if channel.startswith(prefix):
+                    request = self.request_channels.get(member.name)
+                    break
+            else:
+                return None
+        return self.subscribed.get(request) if request is not None else None
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         """Route one message of the subscriber to its namespace; a malformed one is counted and
@@ -286,7 +325,7 @@ class ClassicTransport(SupervisedLinks):
             elif kind == "message":
                 channel = message["channel"]
                 if channel == self.probe_channel:
-                    self._probe_seen = time.monotonic()
+                    self.watchdog.probe_seen(time.monotonic())
                     waiter = self._probe_waiter
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
@@ -364,70 +403,45 @@ class ClassicTransport(SupervisedLinks):
                 assert self.pub is not None
                 await self.pub.ping()
                 if self._pub_attempts and self.outbox:
-                    await self._settle_before_replay()
-                self.pub_up = True
-                self._link_restored("publisher", self._pub_attempts)
-                self._pub_attempts = 0
+                    self.gate_pending = True  # replay once the other nodes listen again
+                self._link_restored("publisher")
                 while True:
                     batch = await self._next_batch()
                     if batch is None:
                         return
                     started = time.perf_counter()
+                    generation = self.sub_generation
                     stream = self._pub_stream
                     if stream is None:
-                        stream = self._pub_stream = PublishStream(self.settings, keepalive=TCP_KEEPALIVE)
+                        stream = self._pub_stream = CountingPublishStream(self.settings, keepalive=TCP_KEEPALIVE)
                     try:
-                        await stream.publish_batch(batch)
-                    except BaseException:
+                        receivers = await stream.publish_counted(batch)
+                        low = min(receivers)  # a TypeError when a reply is an error
+                    except BaseException as exc:
                         # Put the batch back in front, in order, for the next attempt, on a new
                         # connection (this one may hold half a reply).
-                        self.outbox.extendleft(reversed(batch))
+                        self.outbox.requeue(batch)
                         self._pub_stream = None
                         await stream.aclose()
+                        if isinstance(exc, TypeError):
+                            raise RedisReplyError(f"PUBLISH refused: {[r for r in receivers if type(r) is not int][0]}") from None
                         raise
                     self.stats.published += len(batch)
                     self.stats.observe_publish(time.perf_counter() - started)
+                    if low < self._most_subscribed():
+                        self.count_short(batch, receivers, self._expected, generation)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError) as exc:
                 await self._publisher_failed(exc)
 
-    async def _settle_before_replay(self) -> None:
-        """After an outage, give the other nodes' subscribers a moment to come back before the
-        outbox is replayed: wait for our own subscriber, then until our request channels have as
-        many subscribers as before the outage (or, with no count from before, until the count
-        stops changing), bounded by the reconnect cap: every node retries within one cap."""
-        assert self.pub is not None
-        deadline = time.monotonic() + self.settings.reconnect_max_ms / 1000 + 1.0
-        while not self.sub_up and time.monotonic() < deadline and not self._closing:
-            await asyncio.sleep(0.05)
-        channels = list(self.request_channels.values())
-        if not channels:
-            return
-        expected = dict(self._peer_counts)
-        previous = None
-        while time.monotonic() < deadline and not self._closing:
-            current = await self.pub.execute_command("PUBSUB", "NUMSUB", *channels)
-            counts = {bytes(current[i]): int(current[i + 1]) for i in range(0, len(current) - 1, 2)}
-            if expected:
-                if all(counts.get(channel, 0) >= expected.get(channel, 1) for channel in channels):
-                    return
-            elif current == previous:
-                return
-            previous = current
-            await asyncio.sleep(0.1 if expected else 0.3)
+    def _most_subscribed(self) -> int:
+        return max(self.subscribed.values(), default=0)
 
     # -- health --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        status = "healthy" if self.pub_up and self.sub_up else "degraded"
-        return {
-            "mode": "single-node" if self.single_node else "redis",
-            "status": status,
-            "publisher": "up" if self.pub_up else "down",
-            "subscriber": "up" if self.sub_up else "down",
-            "outbox": len(self.outbox),
-        }
+        return self.node.health(len(self.outbox), "redis")
 
     async def redis_info(self) -> dict[str, Any]:
         """A few `INFO` figures for /stats."""

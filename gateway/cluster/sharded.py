@@ -43,6 +43,7 @@ from protocol.resp import key_slot
 
 from ..config import Settings
 from ..redis.client import node_client
+from ..redis.supervision import QueuedMessage, Verdict, probe_interval
 from .slots import SLOT_COUNT, Address, ShardLink, SlotMap, SlotMapUnavailable, is_stale_map, seed_addresses
 from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
 
@@ -85,6 +86,7 @@ class ShardedTransport(SupervisedLinks):
         self._lock = asyncio.Lock()  # serialises every change of subscriptions
         self.node_tag = new_sharded_id()
         self._probe_waiters: dict[Address, asyncio.Future[None]] = {}
+        self._rebuilt_links = 0  # watchdog rebuilds of links already replaced
 
     def new_id(self) -> str:
         return new_sharded_id()
@@ -271,6 +273,7 @@ class ShardedTransport(SupervisedLinks):
             for address, link in list(self.links.items()):
                 stale_probe = address in masters and slots.owner_of(link.probe_channel) != address
                 if address not in masters or link.failed or stale_probe:
+                    self._rebuilt_links += link.watchdog.rebuilds
                     del self.links[address]
                     for channel, placed in list(self.placement.items()):
                         if placed == address:
@@ -315,36 +318,52 @@ class ShardedTransport(SupervisedLinks):
                 raise ConnectionError(f"main channel {channel!r} not subscribed")
 
     async def _watch(self) -> None:
-        """Probe every link until something asks for a resync or a link goes silent."""
-        watchdog = self.settings.watchdog_ms / 1000
-        probe_every = max(0.1, watchdog / 3)
+        """Probe every link until something asks for a resync or a link goes silent; count the
+        nodes on each namespace's main channel once a round (what a publish there should reach)."""
+        every = probe_interval(self.settings.watchdog_ms / 1000)
         while not self._closing:
             try:
-                await asyncio.wait_for(self._resync.wait(), probe_every)
+                await asyncio.wait_for(self._resync.wait(), every)
                 return
             except asyncio.TimeoutError:
                 pass
-            now = time.monotonic()
             for address, link in list(self.links.items()):
                 if link.failed:
                     return
+                sent = time.monotonic()
+                link.watchdog.probe_sent(sent)
                 try:
-                    receivers = await asyncio.wait_for(self._publisher(address).spublish(link.probe_channel, b"watchdog"), probe_every)
+                    receivers = await asyncio.wait_for(self._publisher(address).spublish(link.probe_channel, b"watchdog"), every)
                 except asyncio.TimeoutError:
-                    receivers = None  # Redis does not answer: judged by the silence below
+                    pass  # Redis does not answer: judged by the silence below
                 except ResponseError as exc:
                     if is_stale_map(exc):
                         self.request_resync(f"probe refused: {exc}")
                         return
                     raise
-                if receivers == 0:
+                else:
+                    link.watchdog.probe_acked(sent, time.monotonic(), int(receivers))
+                if link.watchdog.check(time.monotonic()) is Verdict.LOST:
                     link.failed = True
-                    raise ConnectionError(f"{address[0]}:{address[1]} no longer counts our subscriber")
-                silent = now - link.probe_seen
-                if silent > watchdog:
-                    link.failed = True
-                    self.stats.watchdog_rebuilds += 1
-                    raise ConnectionError(f"{address[0]}:{address[1]}: no probe for {silent:.1f}s")
+                    raise ConnectionError(f"{address[0]}:{address[1]}: {link.watchdog.reason}")
+            if self.pub_up and not self._pub_attempts:
+                try:
+                    counts = await self.count_subscribers(list(self.main_channels.values()))
+                except (ClusterUnavailable, asyncio.TimeoutError):
+                    continue
+                self.note_subscribed(counts, time.monotonic())
+
+    async def count_subscribers(self, channels: list[bytes]) -> dict[bytes, int]:
+        return {channel: await self.numsub(channel, require_up=False) for channel in channels}
+
+    def _expected(self, channel: bytes) -> int | None:
+        """Nodes a publish on `channel` should reach: a namespace's main channel is heard by
+        every node of it; room and node channels by some (None)."""
+        return self.subscribed.get(channel)
+
+    @property
+    def watchdog_rebuilds(self) -> int:
+        return self._rebuilt_links + sum(link.watchdog.rebuilds for link in self.links.values())
 
     async def _supervisor(self) -> None:
         while not self._closing:
@@ -361,18 +380,14 @@ class ShardedTransport(SupervisedLinks):
                     restored = not self.sub_up
                     self.sub_up = True
                 if restored:
-                    self._link_restored("subscriber", self._sub_attempts)
-                self._sub_attempts = 0
+                    self._link_restored("subscriber")
                 await self._watch()
                 if not self._closing:
                     self.resyncs += 1
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ConnectionError, ClusterUnavailable, asyncio.TimeoutError) as exc:
-                self.sub_up = False
-                self._sub_attempts += 1
-                self._failed_attempt("subscriber", self._sub_attempts, exc)
-                await asyncio.sleep(self.backoff(self._sub_attempts))
+                await asyncio.sleep(self._failed_attempt("subscriber", self._sub_attempts + 1, exc))
 
     # -- incoming ------------------------------------------------------------------------------
 
@@ -462,7 +477,7 @@ class ShardedTransport(SupervisedLinks):
                 raise ClusterUnavailable(f"SHARDNUMSUB failed: {exc}") from exc
         return 0
 
-    async def _send_group(self, address: Address, batch: list[tuple[bytes, bytes, float]]) -> list[Any]:
+    async def _send_group(self, address: Address, batch: list[QueuedMessage]) -> list[Any]:
         pipe = self._publisher(address).pipeline(transaction=False)
         for channel, payload, _ in batch:
             pipe.spublish(channel, payload)
@@ -473,10 +488,10 @@ class ShardedTransport(SupervisedLinks):
             try:
                 slots = self.slots or await self.refresh_slots()
                 await self._publisher(slots.masters[0]).ping()
+                if self._pub_attempts and self.outbox:
+                    self.gate_pending = True  # replay once the other nodes listen again
                 if not self.pub_up:
-                    self.pub_up = True
-                    self._link_restored("publisher", self._pub_attempts)
-                self._pub_attempts = 0
+                    self._link_restored("publisher")
                 while True:
                     batch = await self._next_batch()
                     if batch is None:
@@ -491,7 +506,7 @@ class ShardedTransport(SupervisedLinks):
                 except ClusterUnavailable:
                     pass
 
-    async def _send_batch(self, batch: list[tuple[bytes, bytes, float]]) -> None:
+    async def _send_batch(self, batch: list[QueuedMessage]) -> None:
         """Publish one batch, one pipeline per master in parallel; whatever was not accepted
         goes back to the front of the outbox in its original order."""
         started = time.perf_counter()
@@ -501,9 +516,10 @@ class ShardedTransport(SupervisedLinks):
             for i, (channel, _, _) in enumerate(batch):
                 groups.setdefault(slots.owner_of(channel), []).append(i)
         except BaseException:
-            self.outbox.extendleft(reversed(batch))
+            self.outbox.requeue(batch)
             raise
         addresses = list(groups)
+        generation = self.sub_generation
         results = await asyncio.gather(
             *(self._send_group(a, [batch[i] for i in groups[a]]) for a in addresses), return_exceptions=True
         )
@@ -523,6 +539,9 @@ class ShardedTransport(SupervisedLinks):
                 else:
                     broken = result
                 continue
+            most = max(self.subscribed.values(), default=0)
+            if most > 1 and any(type(reply) is int and reply < most for reply in result):
+                self.count_short([batch[i] for i in indexes], result, self._expected, generation)
             for i, reply in zip(indexes, result):
                 if isinstance(reply, BaseException):
                     failed.append(i)
@@ -538,7 +557,7 @@ class ShardedTransport(SupervisedLinks):
             self.stats.observe_publish(time.perf_counter() - started)
         if failed:
             failed.sort()
-            self.outbox.extendleft(reversed([batch[i] for i in failed]))
+            self.outbox.requeue([batch[i] for i in failed])
         if isinstance(broken, asyncio.CancelledError):
             raise broken
         if broken is not None:
@@ -551,13 +570,8 @@ class ShardedTransport(SupervisedLinks):
     # -- health --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        status = "healthy" if self.pub_up and self.sub_up else "degraded"
         return {
-            "mode": "single-node" if self.single_node else "redis-cluster",
-            "status": status,
-            "publisher": "up" if self.pub_up else "down",
-            "subscriber": "up" if self.sub_up else "down",
-            "outbox": len(self.outbox),
+            **self.node.health(len(self.outbox), "redis-cluster"),
             "masters": [f"{h}:{p}" for h, p in (self.slots.masters if self.slots else ())],
             "shard_channels": len(self.placement),
         }

@@ -19,8 +19,10 @@ from redis.exceptions import RedisError, ResponseError
 from protocol.resp import key_slot
 
 from ..config import Settings
+from ..redis.stream import SubscriberStream
+from ..redis.supervision import Watchdog
 from ..redis.urls import cluster_seeds, parse_cluster_nodes
-from .transport import ClusterUnavailable
+from .transport import TCP_KEEPALIVE, ClusterUnavailable
 
 if TYPE_CHECKING:
     from .sharded import ShardedTransport
@@ -91,35 +93,38 @@ class SlotMap:
 
 
 class ShardLink:
-    """One dedicated SSUBSCRIBE connection to one master, read by its own task.
+    """One dedicated SSUBSCRIBE connection to one master (a `SubscriberStream` of its own, not a
+    redis-py pubsub: its per-message cost is the broadcast path's), read by its own task.
 
     The link tracks which channels it holds; a SUNSUBSCRIBE it did not ask for (Redis sends one
     when a slot migrates away) or any read error is reported to the transport, which re-derives the
     placement. The connection itself never retries: the transport decides where to reconnect.
+    `watchdog` holds the link's probe facts (patience None: a silent shard link is rebuilt).
     """
 
     def __init__(self, transport: "ShardedTransport", address: Address, probe_channel: bytes) -> None:
         self.transport = transport
         self.address = address
         self.probe_channel = probe_channel
-        self.client = transport.node_client(address, socket_timeout=None)
-        self.pubsub = self.client.pubsub()
+        self.stream = SubscriberStream(transport.settings, address=address, keepalive=TCP_KEEPALIVE)
         self.channels: set[bytes] = set()
         self.leaving: set[bytes] = set()
         self.failed = False
-        self.probe_seen = time.monotonic()
+        self.watchdog = Watchdog(transport.settings.watchdog_ms / 1000, None)
+        self.watchdog.start(time.monotonic())
         self.task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<ShardLink {self.address[0]}:{self.address[1]} channels={len(self.channels)}>"
 
     async def open(self) -> None:
-        await self.pubsub.ssubscribe(self.probe_channel)
+        await self.stream.open()
+        await self.stream.ssubscribe(self.probe_channel)
         self.task = asyncio.get_running_loop().create_task(self._read(), name=f"shard-link-{self.address[1]}")
 
     async def subscribe(self, channel: bytes) -> None:
         self.leaving.discard(channel)
-        await self.pubsub.ssubscribe(channel)
+        await self.stream.ssubscribe(channel)
         self.channels.add(channel)
 
     async def unsubscribe(self, channel: bytes) -> None:
@@ -127,25 +132,23 @@ class ShardLink:
             return
         self.channels.discard(channel)
         self.leaving.add(channel)
-        await self.pubsub.sunsubscribe(channel)
+        await self.stream.sunsubscribe(channel)
 
     async def _read(self) -> None:
         transport = self.transport
+        dispatch = transport.dispatch
+        get_push = self.stream.get_push
+        probe_channel = self.probe_channel
         try:
             while True:
-                message = await self.pubsub.get_message(timeout=None)
-                if message is None:
-                    continue
-                kind = message["type"]
-                kind = kind.decode() if isinstance(kind, bytes) else kind
-                channel = message["channel"]
-                if kind == "smessage":
-                    if channel == self.probe_channel:
-                        self.probe_seen = time.monotonic()
+                kind, _, channel, data = await get_push(False)  # type: ignore[misc]
+                if kind == b"smessage":
+                    if channel == probe_channel:
+                        self.watchdog.probe_seen(time.monotonic())
                         transport.probe_arrived(self)
                     else:
-                        transport.dispatch(channel, message["data"])
-                elif kind == "sunsubscribe":
+                        dispatch(channel, data)
+                elif kind == b"sunsubscribe":
                     if channel in self.leaving:
                         self.leaving.discard(channel)
                     else:
@@ -165,8 +168,4 @@ class ShardLink:
                 await self.task
             except (asyncio.CancelledError, Exception):
                 pass
-        for closing in (self.pubsub.aclose, self.client.aclose):
-            try:
-                await asyncio.wait_for(closing(), 1.0)
-            except (RedisError, OSError, asyncio.TimeoutError):
-                pass
+        await self.stream.aclose()

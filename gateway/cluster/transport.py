@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -24,6 +22,7 @@ from protocol.cluster import Broadcast, Message, Response, Room
 
 from ..sio.adapter import AdapterError
 from ..config import Settings
+from ..redis.supervision import LinkState, NodeLinks, Outbox, QueuedMessage, ReplayGate
 from ..rooms import RoomRegistry
 
 log = logging.getLogger("gateway.cluster")
@@ -51,13 +50,9 @@ class LinkStats:
     received: int = 0
     bad_messages: int = 0
     request_timeouts: int = 0
-    reconnects: int = 0
-    reconnect_attempts: int = 0
-    watchdog_rebuilds: int = 0
-    stalls: int = 0
-    outbox_dropped: int = 0
     publish_errors: int = 0
-    last_drop_log: float = 0.0
+    publish_short: int = 0  # cross-node deliveries a publish's receiver count says were missed
+    subscriber_gaps: int = 0  # subscribers replaced while Redis may still have delivered to them
     publish_buckets: list[int] = field(default_factory=lambda: [0] * (len(PUBLISH_BUCKETS) + 1))
     publish_sum: float = 0.0
     publish_count: int = 0
@@ -96,7 +91,8 @@ class Transport(Protocol):
     """The carrier of one server's cluster messages, shared by all its namespaces."""
 
     stats: LinkStats
-    outbox: deque[tuple[bytes, bytes, float]]
+    outbox: Outbox
+    node: NodeLinks
     pub_up: bool
     sub_up: bool
     members: dict[str, ClusterMember]
@@ -138,25 +134,98 @@ class Transport(Protocol):
 
 
 class SupervisedLinks:
-    """Supervision and outbox rules shared by the Redis transports: reconnect backoff with
-    jitter, the attempt limit that switches a node to single-node mode, and the bounded ordered
-    outbox. All of a transport's link supervision state lives here (`__init__`), so that it can be
-    replaced as one piece by the Sans-I/O Outbox / Backoff / LinkState objects of gateway/redis/.
-    Subclasses own the connections and run `_start_links` with their two supervisor loops."""
+    """The supervision the Redis transports share, by composition: an `Outbox` of cross-node
+    messages, the node's `NodeLinks` (publisher and subscriber `LinkState`s, each with its
+    `Backoff`, and the single-node mode they put the node in), and the loss accounting (a publish
+    that reached fewer nodes than are known to be subscribed). The decisions live in those
+    objects (gateway/redis/supervision.py); a transport owns the connections and runs its two
+    supervisor tasks through `_start_links`, and only does I/O and timers.
+
+    Publishing is held while this node's own subscriber is down (a publish then could not be
+    judged, and the others may be down too), and, after the subscriber was down or a publish came
+    back short, until the other nodes' subscribers are back (`_replay_gate`), so a replay is not
+    published into a Redis nobody listens to yet. Bounded: the wait ends after one reconnect cap;
+    held messages stay within the outbox bounds."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = LinkStats()
-        self.pub_up = False
-        self.sub_up = False
-        self.single_node = False  # set after the configured number of failed attempts
+        self.outbox = Outbox(settings.outbox_max_messages, settings.outbox_max_age_ms / 1000)
+        self.node = NodeLinks(settings.reconnect_initial_ms / 1000, settings.reconnect_max_ms / 1000, settings.reconnect_attempts)
         self.started = False
-        self.outbox: deque[tuple[bytes, bytes, float]] = deque()
         self._outbox_event = asyncio.Event()
+        self._link_event = asyncio.Event()  # set whenever a link comes up (wakes a held publisher)
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
-        self._sub_attempts = 0
-        self._pub_attempts = 0
+        # Subscribers of each all-node channel as last counted while the links were up (one per
+        # node, this one included): what a publish is expected to reach, and what a replay waits
+        # for. `_counted_lower` remembers since when a lower count was seen (a node that left).
+        self.subscribed: dict[bytes, int] = {}
+        self._counted_lower: dict[bytes, float] = {}
+        self.gate_pending = False  # the next batch waits for the other nodes' subscribers
+        self.sub_generation = 0  # bumped each time the subscriber goes down
+        self._last_short_log = float("-inf")
+
+    # -- link state ----------------------------------------------------------------------------
+
+    @property
+    def pub_up(self) -> bool:
+        return self.node.publisher.up
+
+    @pub_up.setter
+    def pub_up(self, up: bool) -> None:
+        if self.node.publisher.set_up(up) and up:
+            self._link_event.set()
+
+    @property
+    def sub_up(self) -> bool:
+        return self.node.subscriber.up
+
+    @sub_up.setter
+    def sub_up(self, up: bool) -> None:
+        if self.node.subscriber.set_up(up):
+            if up:
+                self._link_event.set()
+            else:
+                self.sub_generation += 1
+                self.gate_pending = True
+
+    @property
+    def single_node(self) -> bool:
+        return self.node.single_node
+
+    def _link(self, name: str) -> LinkState:
+        return self.node.publisher if name == "publisher" else self.node.subscriber
+
+    def _failed_attempt(self, link: str, attempt: int, exc: BaseException) -> float:
+        """A connection attempt on `link` failed (counted and logged by NodeLinks): the delay
+        before the next one. `attempt` is the caller's own count, kept for its log only."""
+        state = self._link(link)
+        if state is self.node.subscriber:
+            self.sub_up = False
+        return self.node.failed(state, exc)
+
+    def _link_restored(self, link: str, attempts: int = 0) -> None:
+        state = self._link(link)
+        if state is self.node.subscriber:
+            self.sub_up = True
+        else:
+            self.pub_up = True
+        self.node.restored(state)
+
+    def backoff(self, attempt: int) -> float:
+        """The reconnect delay before attempt `attempt + 1` (exponential, with jitter)."""
+        return self.node.subscriber.backoff.delay(attempt)
+
+    @property
+    def _pub_attempts(self) -> int:
+        return self.node.publisher.attempts
+
+    @property
+    def _sub_attempts(self) -> int:
+        return self.node.subscriber.attempts
+
+    # -- the two supervisors -------------------------------------------------------------------
 
     async def _start_links(self, subscriber: Any, publisher: Any, label: str) -> None:
         """Run the two supervisors; return once both links are up, or after ~2 s regardless (a
@@ -178,6 +247,7 @@ class SupervisedLinks:
         supervisors."""
         self._closing = True
         self._outbox_event.set()
+        self._link_event.set()
         deadline = time.monotonic() + 1.0
         while self.outbox and self.pub_up and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -189,9 +259,10 @@ class SupervisedLinks:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    async def _next_batch(self, limit: int = 512) -> list[tuple[bytes, bytes, float]] | None:
-        """The next run of queued messages, oldest first, waiting until there is one (expired
-        ones are dropped and counted); None once closing with nothing left to send."""
+    async def _next_batch(self) -> list[QueuedMessage] | None:
+        """The next run of queued messages, oldest first, waiting until there is one and until
+        publishing is not held (expired ones are dropped and counted by the outbox); None once
+        closing with nothing left to send."""
         outbox = self.outbox
         while True:
             if not outbox:
@@ -200,73 +271,118 @@ class SupervisedLinks:
                 self._outbox_event.clear()
                 await self._outbox_event.wait()
                 continue
-            self._expire_outbox()
-            batch = []
-            while outbox and len(batch) < limit:
-                batch.append(outbox.popleft())
+            if not self._closing and (self.gate_pending or not self.sub_up):
+                await self._hold()
+            batch = outbox.take()
             if batch:
                 return batch
 
+    async def _hold(self) -> None:
+        """Wait for this node's subscriber, then for the other nodes' subscribers (ReplayGate
+        over the all-node channels' counts): within one reconnect cap and a second after this
+        node's subscriber was down (every node retries within one cap), within one cap after a
+        short publish. Nodes not back by then are taken as gone: their count is forgotten, so
+        the next publishes are neither held nor counted short for them."""
+        cap = self.settings.reconnect_max_ms / 1000
+        deadline = time.monotonic() + (cap + 1.0 if not self.sub_up else cap)
+        while not self.sub_up and not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._link_event.clear()
+            try:
+                await asyncio.wait_for(self._link_event.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        self.gate_pending = False
+        channels = list(self.subscribed)
+        gate = ReplayGate(self.subscribed, time.monotonic(), max(0.0, deadline - time.monotonic()))
+        counts: dict[bytes, int] = {}
+        while channels and not self._closing:
+            try:
+                counts = await self.count_subscribers(channels)
+            except (OSError, ConnectionError, asyncio.TimeoutError, ClusterUnavailable):
+                counts = {}
+            now = time.monotonic()
+            if gate.ready(counts, channels, now):
+                if gate.expired(now) and counts and self.sub_up:
+                    log.warning("cluster_replay_gate_expired waited_for=%s now=%s", self.subscribed, counts)
+                    self.subscribed.update(counts)
+                return
+            await asyncio.sleep(gate.poll_interval)
+
+    async def count_subscribers(self, channels: list[bytes]) -> dict[bytes, int]:
+        """How many subscribers Redis counts on each of `channels` now (NUMSUB / SHARDNUMSUB)."""
+        raise NotImplementedError
+
     async def _publisher_failed(self, exc: BaseException) -> None:
         """The publisher link broke: mark it down, count and log the attempt, back off."""
-        self.pub_up = False
         self.stats.publish_errors += 1
-        self._pub_attempts += 1
-        self._failed_attempt("publisher", self._pub_attempts, exc)
-        await asyncio.sleep(self.backoff(self._pub_attempts))
-
-    def backoff(self, attempt: int) -> float:
-        """Exponential from the initial delay to the cap, with jitter in [50 %, 100 %]."""
-        initial = self.settings.reconnect_initial_ms / 1000
-        cap = self.settings.reconnect_max_ms / 1000
-        base = min(initial * (2 ** max(0, attempt - 1)), cap)
-        return base * (0.5 + random.random() / 2)
-
-    def _failed_attempt(self, link: str, attempt: int, exc: BaseException) -> None:
-        self.stats.reconnect_attempts += 1
-        log.warning("cluster_link_down link=%s attempt=%d error=%r", link, attempt, str(exc))
-        if attempt == self.settings.reconnect_attempts and not self.single_node:
-            self.single_node = True
-            log.error(
-                "cluster_unreachable link=%s attempts=%d mode=single-node note=%r",
-                link,
-                attempt,
-                "serving local clients only; cross-node messages are queued up to the outbox limits; still retrying",
-            )
-
-    def _link_restored(self, link: str, attempts: int) -> None:
-        if attempts:
-            self.stats.reconnects += 1
-            log.info("cluster_link_up link=%s after_attempts=%d", link, attempts)
-        if self.single_node and self.pub_up and self.sub_up:
-            self.single_node = False
-            log.warning("cluster_rejoined mode=redis")
+        await asyncio.sleep(self.node.failed(self.node.publisher, exc))
 
     def enqueue(self, channel: bytes, payload: bytes) -> None:
         """Queue a message; the writer task sends queued messages in order, pipelined. While Redis
         is unreachable the outbox keeps at most OUTBOX_MAX_MESSAGES (oldest dropped first)."""
-        outbox = self.outbox
-        if not self.pub_up and len(outbox) >= self.settings.outbox_max_messages:
-            outbox.popleft()
-            self._dropped(1, "outbox full")
-        outbox.append((channel, payload, time.monotonic()))
+        self.outbox.put(channel, payload, self.pub_up)
         self._outbox_event.set()
 
-    def _dropped(self, count: int, why: str) -> None:
-        self.stats.outbox_dropped += count
-        # One line per reason and second at most: an outage must not flood the log.
-        now = time.monotonic()
-        if now - self.stats.last_drop_log > 1.0:
-            self.stats.last_drop_log = now
-            log.warning("cluster_outbox_dropped reason=%r total=%d", why, self.stats.outbox_dropped)
+    @property
+    def stalls(self) -> int:
+        """Times the subscriber was kept, degraded, while Redis answered nothing."""
+        return 0
 
-    def _expire_outbox(self) -> None:
-        max_age = self.settings.outbox_max_age_ms / 1000
-        limit = time.monotonic() - max_age
-        outbox = self.outbox
-        expired = 0
-        while outbox and outbox[0][2] < limit:
-            outbox.popleft()
-            expired += 1
-        if expired:
-            self._dropped(expired, "older than OUTBOX_MAX_AGE_MS")
+    @property
+    def watchdog_rebuilds(self) -> int:
+        """Subscribers rebuilt because their probes stopped coming back."""
+        return 0
+
+    # -- loss accounting -----------------------------------------------------------------------
+
+    def note_subscribed(self, counts: dict[bytes, int], now: float) -> None:
+        """A probe round's counts of the all-node channels, taken while the links were up. A
+        higher count is taken at once; a lower one only after it held for a reconnect cap (a
+        node that left, not one that is reconnecting: a replay must wait for that one)."""
+        settle = self.settings.reconnect_max_ms / 1000 + 1.0
+        subscribed, lower = self.subscribed, self._counted_lower
+        for channel, count in counts.items():
+            known = subscribed.get(channel)
+            if known is None or count >= known:
+                subscribed[channel] = count
+                lower.pop(channel, None)
+            elif now - lower.setdefault(channel, now) > settle:
+                subscribed[channel] = count
+                lower.pop(channel, None)
+
+    def count_short(self, batch: list[QueuedMessage], receivers: list[Any], expected_of: Any, generation: int) -> None:
+        """Compare the receiver counts of one published batch with the subscribed nodes: a
+        message that reached fewer other nodes than are subscribed is lost for them; count it
+        (once per node it missed) and log, at most once a second. `expected_of(channel)` gives the
+        channel's subscriber count (this node included) or None for a channel not heard by every
+        node. This node's own subscriber is taken as a receiver when it stayed up since the batch
+        was sent (`generation`). Then the next batch waits for the others to be back."""
+        self_in = 1 if self.sub_up and generation == self.sub_generation else 0
+        short = 0
+        for message, count in zip(batch, receivers):
+            if type(count) is not int:
+                continue
+            expected = expected_of(message.channel)
+            if expected is None or expected <= 1:
+                continue
+            others = expected - 1
+            missed = min(others, max(0, others + self_in - count))
+            short += missed
+        if not short:
+            return
+        self.stats.publish_short += short
+        self.gate_pending = True
+        now = time.monotonic()
+        if now - self._last_short_log > 1.0:
+            self._last_short_log = now
+            log.warning("cluster_publish_short missed=%d total=%d", short, self.stats.publish_short)
+
+    def subscriber_rebuilt(self, why: str) -> None:
+        """A subscriber connection that Redis may still have been delivering to was replaced:
+        what arrived between its last message and the new subscription is lost and cannot be
+        known exactly in pub/sub; the rebuild is counted."""
+        self.stats.subscriber_gaps += 1
+        log.warning("cluster_subscriber_gap reason=%r total=%d", why, self.stats.subscriber_gaps)

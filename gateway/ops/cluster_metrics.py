@@ -1,8 +1,9 @@
 """Prometheus view of the cluster: the transport's link counters, its outbox, the publish latency
-histogram, the link states and the requests pending on other nodes.
+histogram, the link states, the counted cross-node losses and the requests pending on other nodes.
 
-Read at scrape time from the plain counters the transports bump (`LinkStats`), so the hot path
-never calls into prometheus_client; nothing here is yielded for a node without a cluster.
+Read at scrape time from the plain counters the transports bump (`LinkStats`) and from their
+supervision objects (`Outbox`, `NodeLinks`, the watchdog), so the hot path never calls into
+prometheus_client; nothing here is yielded for a node without a cluster.
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..cluster.adapter import ClusterAdapter
 from ..cluster.transport import PUBLISH_BUCKETS
+from ..redis.supervision import EXPIRED, FULL
 
-_COUNTERS = (
+_STATS = (
     ("published", "sio_gateway_redis_published", "Messages published to Redis"),
     ("received", "sio_gateway_redis_received", "Messages received from Redis"),
     ("bad_messages", "sio_gateway_redis_bad_messages", "Malformed or foreign Redis messages dropped"),
     ("request_timeouts", "sio_gateway_redis_request_timeouts", "Cluster requests that timed out"),
-    ("reconnects", "sio_gateway_redis_reconnects", "Redis links re-established"),
-    ("reconnect_attempts", "sio_gateway_redis_reconnect_attempts", "Failed Redis connection attempts"),
-    ("watchdog_rebuilds", "sio_gateway_redis_watchdog_rebuilds", "Subscribers rebuilt because they stopped receiving"),
-    ("stalls", "sio_gateway_redis_stalls", "Times Redis stopped answering while the links stayed open"),
-    ("outbox_dropped", "sio_gateway_redis_outbox_dropped", "Cross-node messages dropped (outbox full or too old)"),
     ("publish_errors", "sio_gateway_redis_publish_errors", "Failed publish attempts"),
+    ("publish_short", "sio_gateway_cluster_publish_short", "Cross-node deliveries lost: a publish reached fewer nodes than were subscribed (one per node missed)"),
+    ("subscriber_gaps", "sio_gateway_cluster_subscriber_gaps", "Subscribers replaced while Redis may still have delivered to them (messages in between are lost, uncountable one by one)"),
 )
+_DROP_REASONS = ((FULL, "full"), (EXPIRED, "expired"))
 
 
 def cluster_metrics(adapter: Any) -> Iterator[Metric]:
@@ -35,9 +35,20 @@ def cluster_metrics(adapter: Any) -> Iterator[Metric]:
         return
     transport = adapter.transport
     s = transport.stats
-    for attribute, name, documentation in _COUNTERS:
+    node = transport.node
+    outbox = transport.outbox
+    for attribute, name, documentation in _STATS:
         yield CounterMetricFamily(name, documentation, value=getattr(s, attribute))
-    yield GaugeMetricFamily("sio_gateway_redis_outbox", "Messages waiting to be published", value=len(transport.outbox))
+    yield CounterMetricFamily("sio_gateway_redis_reconnects", "Redis links re-established", value=node.reconnects)
+    yield CounterMetricFamily("sio_gateway_redis_reconnect_attempts", "Failed Redis connection attempts", value=node.reconnect_attempts)
+    yield CounterMetricFamily("sio_gateway_redis_watchdog_rebuilds", "Subscribers rebuilt because they stopped receiving", value=transport.watchdog_rebuilds)
+    yield CounterMetricFamily("sio_gateway_redis_stalls", "Times Redis stopped answering while the links stayed open", value=transport.stalls)
+    yield CounterMetricFamily("sio_gateway_redis_outbox_dropped", "Cross-node messages dropped (outbox full or too old)", value=outbox.dropped_total)
+    by_reason = CounterMetricFamily("sio_gateway_cluster_outbox_dropped", "Cross-node messages dropped, by reason (full: OUTBOX_MAX_MESSAGES while down; expired: OUTBOX_MAX_AGE_MS)", labels=["reason"])
+    for key, reason in _DROP_REASONS:
+        by_reason.add_metric([reason], outbox.dropped.get(key, 0))
+    yield by_reason
+    yield GaugeMetricFamily("sio_gateway_redis_outbox", "Messages waiting to be published", value=len(outbox))
     buckets = []
     running = 0
     for bound, count in zip(PUBLISH_BUCKETS, s.publish_buckets):
@@ -49,6 +60,7 @@ def cluster_metrics(adapter: Any) -> Iterator[Metric]:
     link.add_metric(["publisher"], 1 if transport.pub_up else 0)
     link.add_metric(["subscriber"], 1 if transport.sub_up else 0)
     yield link
+    yield GaugeMetricFamily("sio_gateway_cluster_single_node", "1 while the node serves local clients only (Redis unreachable past REDIS_RECONNECT_ATTEMPTS)", value=1 if node.single_node else 0)
     pending = sum(len(member.requests) for member in transport.members.values() if isinstance(member, ClusterAdapter))
     yield GaugeMetricFamily("sio_gateway_cluster_pending_requests", "Cluster requests awaiting answers", value=pending)
     for kind, name, documentation, value in transport.figures():
