@@ -43,31 +43,13 @@ from protocol.resp import encode_publish, numsub_counts
 
 from ..config import Settings
 from ..redis.client import redis_client
-from ..redis.stream import PublishStream, RedisReplyError, SubscriberStream
-from ..redis.supervision import QueuedMessage, ReplayGate, Verdict, Watchdog
-from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
+from ..redis.stream import RedisReplyError, SubscriberStream
+from ..redis.supervision import ReplayGate, Verdict, Watchdog
+from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, PipelineStream, SupervisedLinks, info_figures
 
 log = logging.getLogger("gateway.cluster")
 
 ZERO_RECEIVERS = "Redis no longer counts our subscriber"  # the Watchdog's reason: nothing was delivered to it
-
-
-class CountingPublishStream(PublishStream):
-    """Pipelined PUBLISH that keeps every reply: the receiver counts are compared with the
-    subscribed nodes (a publish that reached fewer is a counted cross-node loss)."""
-
-    async def publish_counted(self, batch: list[QueuedMessage]) -> list[Any]:
-        """One write for the batch; the replies in order (an int, or a RespError value)."""
-        await self._write(b"".join([encode_publish(channel, payload) for channel, payload, _ in batch]))
-        replies: list[Any] = []
-        parser = self.parser
-        while len(replies) < len(batch):
-            reply = parser.gets()
-            if reply is False:
-                await self._fill()
-                continue
-            replies.append(reply)
-        return replies
 
 
 class ClassicTransport(SupervisedLinks):
@@ -100,7 +82,7 @@ class ClassicTransport(SupervisedLinks):
         self.counted_by: dict[bytes, bytes] = {}
         self.pub: aioredis.Redis | None = None
         self._pubsub: Any = None
-        self._pub_stream: CountingPublishStream | None = None
+        self._pub_stream: PipelineStream | None = None
         self.node_tag = new_sharded_id()
         self.probe_channel = f"{self.prefix}-gateway-probe#{self.node_tag}#".encode()
         self.watchdog = Watchdog(settings.watchdog_ms / 1000, settings.outbox_max_age_ms / 1000)
@@ -413,9 +395,9 @@ class ClassicTransport(SupervisedLinks):
                     generation = self.sub_generation
                     stream = self._pub_stream
                     if stream is None:
-                        stream = self._pub_stream = CountingPublishStream(self.settings, keepalive=TCP_KEEPALIVE)
+                        stream = self._pub_stream = PipelineStream(self.settings, keepalive=TCP_KEEPALIVE)
                     try:
-                        receivers = await stream.publish_counted(batch)
+                        receivers = await stream.run([encode_publish(channel, payload) for channel, payload, _ in batch])
                         low = min(receivers)  # a TypeError when a reply is an error
                     except BaseException as exc:
                         # Put the batch back in front, in order, for the next attempt, on a new

@@ -20,24 +20,7 @@ from typing import Any, Iterable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from protocol.cluster import (
-    Broadcast,
-    DisconnectSockets,
-    FetchSockets,
-    Message,
-    Response,
-    Room,
-    ServerSideEmit,
-    SocketsJoin,
-    SocketsLeave,
-    SubscriptionMode,
-    new_sharded_id,
-    sharded,
-    sharded_channel,
-    sharded_node_channel,
-    sharded_room_channel,
-    sharded_room_subscribed,
-)
+from protocol.cluster import Broadcast, DisconnectSockets, FetchSockets, Message, Response, Room, ServerSideEmit, SocketsJoin, SocketsLeave, SubscriptionMode, new_sharded_id, sharded, sharded_channel, sharded_node_channel, sharded_room_channel, sharded_room_subscribed
 from protocol.errors import ClusterMessageError
 from protocol.resp import key_slot
 
