@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 _REASONS = {
     101: "Switching Protocols",
     200: "OK",
+    301: "Moved Permanently",
     204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
