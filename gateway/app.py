@@ -21,6 +21,7 @@ handlers; `build_gateway` is the product.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from protocol.socketio import PacketType
 
 from .api import PublishApi
 from .auth import TokenVerifier, Unauthorized, token_from_auth
-from .config import Settings
+from .config import ConfigError, Settings
 from .limits import ConnectionGate, EventRateLimiter, LimitStats, Verdict
 from .policy import ClientEventPolicy, Grants, PolicyError, RoomPatterns, company_room, conversation_room, room_name
 from .presence import Presence, PresenceCollector, PresenceUnavailable, RedisPresence
@@ -50,6 +51,30 @@ PRESENCE_UNAVAILABLE = {"ok": False, "error": "presence unavailable"}
 RATE_LIMITED = {"ok": False, "error": "rate limited"}
 TOO_MANY_ROOMS = {"ok": False, "error": "too many rooms"}
 GRANTS_KEY = "_grants"  # socket.data slot between the auth middleware and the connection handler
+# Connection state recovery of the standalone gateway when STATE_RECOVERY_MS is unset and the
+# adapter can keep sessions (socket.io's default maxDisconnectionDuration).
+DEFAULT_RECOVERY_MS = 120_000
+
+
+def recovery_supported(settings: Settings) -> bool:
+    """Whether the adapter these settings pick keeps sessions: the in-memory one (single node)
+    or the Redis Streams one. The classic and sharded Redis adapters cannot, as in Node.js."""
+    return settings.redis_mode == "streams" or not (settings.redis_url or settings.redis_mode == "sharded")
+
+
+def with_recovery_default(settings: Settings) -> Settings:
+    """The standalone gateway recovers connections by default where it can (the library Server
+    does only when asked); an explicit STATE_RECOVERY_MS the adapter cannot honour is refused
+    at start rather than silently ignored."""
+    asked = settings.state_recovery_ms
+    if asked is None:
+        return dataclasses.replace(settings, state_recovery_ms=DEFAULT_RECOVERY_MS if recovery_supported(settings) else 0)
+    if asked and not recovery_supported(settings):
+        raise ConfigError(
+            f"STATE_RECOVERY_MS={asked} needs REDIS_MODE=streams: with REDIS_MODE={settings.redis_mode} the Redis adapter "
+            "cannot carry connection state recovery (nor can Node's @socket.io/redis-adapter); set REDIS_MODE=streams, or STATE_RECOVERY_MS=0"
+        )
+    return settings
 
 
 def build_server(settings: Settings, server_class: type[Server] = Server) -> Server:
@@ -173,6 +198,14 @@ class Standalone:
         socket.data["user"] = grants.user
 
     def connected(self, socket: Socket) -> None:
+        if socket.recovered and GRANTS_KEY not in socket.data:
+            # A recovered socket skipped the middlewares (STATE_RECOVERY_SKIP_MIDDLEWARES): its
+            # grants are not kept with its session, so the token it sent again is checked now.
+            try:
+                self.authenticate(socket)
+            except ConnectionRefused:
+                socket.disconnect()
+                return
         grants: Grants | None = socket.data.pop(GRANTS_KEY, None)
         if grants is None or grants.user is None:  # a namespace added without our middleware
             socket.disconnect()
@@ -184,6 +217,10 @@ class Standalone:
         member = self.members[socket.id] = Member(grants.user, grants, limiter)
         for room in grants.home_rooms()[: settings.max_rooms_per_socket]:
             self._enter(socket, member, room)
+        if socket.recovered:  # the rooms it had are back: so is its presence in them
+            for room in socket.rooms:
+                if isinstance(room, str) and room != socket.id and self.presence_rooms.matches(room):
+                    self._enter(socket, member, room)
 
         socket.on("join:company", lambda *args: self.join(socket, company_room, args))
         socket.on("leave:company", lambda *args: self.leave(socket, company_room, args))
@@ -324,6 +361,7 @@ class Standalone:
 
 
 def build_gateway(settings: Settings) -> GatewayServer:
+    settings = with_recovery_default(settings)
     server = build_server(settings, GatewayServer)
     assert isinstance(server, GatewayServer)
     server.stats = GatewayStats()

@@ -187,6 +187,23 @@ class Settings:
     loop_stall_ms: int = setting(
         "LOOP_STALL_MS", 10000, _int(0, 3_600_000), "exit with code 70 (for the supervisor to restart the node) when the event loop is blocked this long; 0 = no watchdog"
     )
+    # -- connection state recovery (gateway/sio/recovery.py), socket.io's connectionStateRecovery --
+    state_recovery_ms: int | None = setting(
+        "STATE_RECOVERY_MS",
+        None,
+        _int(0, 86_400_000),
+        "keep a disconnected socket's id, rooms, data and missed packets this long for a client reconnecting with its pid/offset; 0 = off; unset = off for the library Server, 120000 for sio-gateway where the adapter keeps sessions (memory, REDIS_MODE=streams)",
+    )
+    state_recovery_skip_middlewares: bool = setting("STATE_RECOVERY_SKIP_MIDDLEWARES", True, _bool, "a recovered socket skips the namespace's middlewares (as socket.io's skipMiddlewares)")
+    state_recovery_max_packets: int = setting(
+        "STATE_RECOVERY_MAX_PACKETS", 10000, _int(1, 10_000_000), "packets kept per namespace for recovery (in memory); the oldest goes first, and a client whose offset is older recovers nothing (stale)"
+    )
+    state_recovery_max_bytes: int = setting(
+        "STATE_RECOVERY_MAX_BYTES", 64 << 20, _int(1024, 1 << 40), "encoded bytes of the packets kept per namespace for recovery (in memory); the oldest goes first"
+    )
+    state_recovery_max_sessions: int = setting(
+        "STATE_RECOVERY_MAX_SESSIONS", 100000, _int(1, 100_000_000), "disconnected sessions kept per namespace for recovery (in memory); the oldest goes first"
+    )
     # -- the standalone gateway (gateway/auth.py, policy.py, api.py, presence.py, limits.py) --
     auth_mode: str = setting("AUTH_MODE", "jwt", _choice("jwt", "none"), "jwt: clients must send auth {token}; none: anyone may connect and join any room (development only)")
     jwt_algorithm: str = setting("JWT_ALGORITHM", "HS256", _choice("HS256", "RS256", "ES256"), "algorithm tokens must be signed with (no other is accepted)")

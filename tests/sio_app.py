@@ -21,6 +21,10 @@ Beyond the Node contract, for single-node tests:
   and acknowledges with the client's answer (`{"error": "timeout"}` after 5 s);
 - `whoami` (ack): acknowledges `{"id", "nsp", "rooms", "data"}`, so a client can see what the
   server stored in `socket.data` without a cluster to fetch it through;
+- connection state recovery (STATE_RECOVERY_MS in the environment): a recovered socket keeps
+  the `socket.data` it had (the connection handler does not reset it); `set-data` (key, value,
+  ack) stores one key in `socket.data`; `recovery-state` (ack) acknowledges `{"id", "recovered",
+  "rooms", "data"}`;
 - the acknowledgement rule, on `/` (see `install_ack_probes`).
 """
 
@@ -64,8 +68,18 @@ def install_contract(nsp: Namespace) -> None:
 
     @nsp.on("connection")
     def connected(socket: Socket) -> None:
-        socket.data = {"server": SERVER_NAME, "auth": socket.handshake["auth"]}
+        if not socket.recovered:
+            socket.data = {"server": SERVER_NAME, "auth": socket.handshake["auth"]}
         socket.emit("welcome", {"id": socket.id, "nsp": socket.nsp.name})
+
+        @socket.on("set-data")
+        def set_data(key: Any = None, value: Any = None) -> bool:
+            socket.data[str(key)] = value
+            return True
+
+        @socket.on("recovery-state")
+        def recovery_state() -> dict[str, Any]:
+            return {"id": socket.id, "recovered": socket.recovered, "rooms": _sorted_rooms(socket), "data": socket.data}
 
         @socket.on("join")
         def join(room: Any = None, ack: Callable[..., None] | None = None) -> None:

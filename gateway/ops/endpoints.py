@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..http import HttpServer, Request, Router
+from ..sio.recovery import RecoveryStats
 from ..sio.server import Server
 from . import loop_watchdog
 
@@ -196,12 +197,30 @@ class GatewayCollector:
         yield CounterMetricFamily("sio_gateway_volatile_dropped", "Volatile packets dropped for a busy transport", value=a.dropped_volatile)
         yield CounterMetricFamily("sio_gateway_loop_lag_warnings", "Event-loop heartbeats late by half of LOOP_STALL_MS or more", value=loop_watchdog.stats.lag_warnings)
         yield CounterMetricFamily("sio_gateway_loop_pauses", "Whole-process pauses (SIGSTOP, frozen VM) not held against the loop by the watchdog", value=loop_watchdog.stats.pauses)
+        yield from recovery_metrics(a.recovery)
         http = self.sources.http()
         if http is not None:
             yield from http_metrics(http)
         cluster = self.sources.cluster
         if cluster is not None:
             yield from cluster.collect_metrics()
+
+
+def recovery_metrics(r: RecoveryStats) -> Iterator[Metric]:
+    """Connection state recovery (STATE_RECOVERY_MS): how reconnecting clients' `{pid, offset}`
+    were answered, what was replayed, and what the in-memory store's bounds dropped."""
+    results = CounterMetricFamily("sio_gateway_recoveries", "Reconnections that asked for their earlier socket, by result", labels=["result"])
+    for result, count in r.results.items():
+        results.add_metric([result], count)
+    yield results
+    yield CounterMetricFamily("sio_gateway_recovery_replayed_packets", "Missed packets written to recovered sockets", value=r.replayed_packets)
+    evicted = CounterMetricFamily(
+        "sio_gateway_recovery_packets_evicted", "Packets dropped from the recovery store by STATE_RECOVERY_MAX_PACKETS / STATE_RECOVERY_MAX_BYTES", labels=["bound"]
+    )
+    for bound, count in r.packets_evicted.items():
+        evicted.add_metric([bound], count)
+    yield evicted
+    yield CounterMetricFamily("sio_gateway_recovery_sessions_evicted", "Disconnected sessions dropped by STATE_RECOVERY_MAX_SESSIONS", value=r.sessions_evicted)
 
 
 def http_metrics(http: HttpServer) -> Iterator[Metric]:

@@ -15,15 +15,20 @@ server's classes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from protocol import socketio as sio
 from protocol.cluster.messages import Room
+from protocol.socketio import PacketType
 
 from ..engine.outbound import Outbound
 from ..engine.session import Session
 from ..rooms import RoomRegistry
+from .recovery import RecoveryResult, RecoveryStats, Restoration, SessionState, SessionStore
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 log = logging.getLogger("gateway.adapter")
 
@@ -36,6 +41,8 @@ __all__ = [
     "AdapterTimeout",
     "BroadcastOptions",
     "Room",
+    "SessionAwareAdapter",
+    "recoverable",
 ]
 
 
@@ -82,6 +89,14 @@ class AdapterStats:
     broadcasts_remote: int = 0
     deliveries: int = 0
     dropped_volatile: int = 0
+    recovery: RecoveryStats = field(default_factory=RecoveryStats)
+
+
+def recoverable(packet: sio.Packet, opts: BroadcastOptions) -> bool:
+    """Whether a broadcast gets an offset and is kept for recovery, as socket.io 4.8 decides: an
+    event that expects no acknowledgement (an ack cannot be restored on another connection) and
+    is not volatile (a volatile packet may be lost anyway)."""
+    return packet.type is PacketType.EVENT and packet.id is None and not opts.volatile
 
 
 class AdapterSocket(Protocol):
@@ -123,7 +138,14 @@ class AdapterNamespace(Protocol):
 
 
 class Adapter:
-    """In-memory adapter: everything happens on this node."""
+    """In-memory adapter: everything happens on this node.
+
+    Connection state recovery is an adapter's business (where sessions and missed packets are
+    kept): one that can recover sets `supports_recovery`, appends an offset to every
+    `recoverable` broadcast, and implements `persist_session` / `restore_session`. This one
+    keeps nothing (`SessionAwareAdapter` does, in memory)."""
+
+    supports_recovery = False
 
     def __init__(self, nsp: AdapterNamespace) -> None:
         self.nsp = nsp
@@ -251,3 +273,47 @@ class Adapter:
 
     async def all_rooms(self) -> set[Room]:
         return set(self.registry.rooms)
+
+    # -- connection state recovery -------------------------------------------------------------
+
+    def persist_session(self, state: SessionState) -> None:
+        """A socket left for a reason it may come back from: keep its session (here: nothing)."""
+
+    async def restore_session(self, pid: str, offset: str) -> Restoration:
+        """The session of `pid` and the packets sent after `offset`, or why there are none."""
+        return Restoration(RecoveryResult.UNKNOWN)
+
+
+class SessionAwareAdapter(Adapter):
+    """The in-memory adapter with connection state recovery (socket.io-adapter's
+    SessionAwareAdapter): every recoverable broadcast gets an offset, the same for all its
+    recipients, so it is still encoded once; the encoding is kept in a bounded `SessionStore`."""
+
+    supports_recovery = True
+
+    def __init__(self, nsp: AdapterNamespace, settings: "Settings") -> None:
+        super().__init__(nsp)
+        self.store = SessionStore(
+            (settings.state_recovery_ms or 0) / 1000,
+            settings.state_recovery_max_packets,
+            settings.state_recovery_max_bytes,
+            settings.state_recovery_max_sessions,
+            self.stats.recovery,
+        )
+
+    def broadcast(self, packet: sio.Packet, opts: BroadcastOptions) -> None:
+        if not recoverable(packet, opts):
+            self.deliver(packet, opts)
+            return
+        store = self.store
+        packet.data.append(store.issue())
+        text, binaries = sio.encode(packet)
+        out = Outbound.message(text, binaries)
+        store.keep(opts.rooms, opts.except_, out.text, binaries)  # type: ignore[arg-type]
+        self.deliver_encoded(out, opts)
+
+    def persist_session(self, state: SessionState) -> None:
+        self.store.persist(state)
+
+    async def restore_session(self, pid: str, offset: str) -> Restoration:
+        return self.store.restore(pid, offset)

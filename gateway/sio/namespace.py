@@ -17,9 +17,11 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol, Union
 from protocol import socketio as sio
 from protocol.cluster.messages import Room
 
+from ..config import Settings
 from .adapter import Adapter, AdapterStats
 from .broadcast import BroadcastOperator
 from .handlers import FAILED, ConnectionRefused, Handler, Listener, run_handler
+from .recovery import RecoveryResult, Restoration
 from .socket import EventGuard, Socket, SocketClient
 
 log = logging.getLogger("gateway.server")  # the name operators filter on, kept across modules
@@ -31,6 +33,7 @@ class NamespaceServer(Protocol):
     """What a namespace uses of its server."""
 
     started: bool
+    settings: Settings
     adapter_stats: AdapterStats
     event_guard: EventGuard | None
 
@@ -70,6 +73,9 @@ class Namespace:
         self._ids = itertools.count()
         # The parent of a dynamic family only holds handlers; its children do the work.
         self.adapter: Adapter = Adapter(self) if template else server.make_adapter(self)
+        # Connection state recovery: asked for by the settings and possible with this adapter
+        # (the Server refuses settings that ask for it with an adapter that cannot).
+        self.recovering = bool(server.settings.state_recovery_ms) and self.adapter.supports_recovery
         if server.started and not template:
             asyncio.ensure_future(self.adapter.init())
 
@@ -156,8 +162,44 @@ class Namespace:
     # -- connection flow -----------------------------------------------------------------------
 
     def add(self, client: NamespaceClient, auth: dict[str, Any]) -> None:
-        """A connection asked for this namespace: run the middlewares, then admit or refuse."""
+        """A connection asked for this namespace: recover its earlier socket if it presents one
+        (`{pid, offset}` in its auth, as socket.io-client sends), run the middlewares, then admit
+        or refuse."""
         socket = Socket(self, client, auth)
+        if self.recovering:
+            pid, offset = auth.get("pid"), auth.get("offset")
+            if isinstance(pid, str) and isinstance(offset, str):
+                # Pending while the adapter looks the session up, as while middlewares run.
+                client.add_pending(self.name, socket)
+                asyncio.ensure_future(self._recover(socket, client, pid, offset))
+                return
+        self._connect(socket, client)
+
+    async def _recover(self, socket: Socket, client: NamespaceClient, pid: str, offset: str) -> None:
+        try:
+            restoration = await self.adapter.restore_session(pid, offset)
+        except Exception:
+            log.exception("recovery_restore_failed nsp=%s", self.name)
+            restoration = Restoration(RecoveryResult.UNKNOWN)
+        client.end_pending(self.name, socket)
+        state = restoration.state
+        if client.closed:
+            if state is not None:
+                self.adapter.persist_session(state)  # gone again meanwhile: keep it for the next try
+            return
+        self.adapter_stats.recovery.count(restoration)
+        if state is None:
+            log.info("sio_not_recovered nsp=%s result=%s", self.name, restoration.result.value)
+            self._connect(socket, client)
+            return
+        socket.restore(state, restoration.missed)
+        log.info("sio_recovered nsp=%s sid=%s missed=%d", self.name, socket.id, len(restoration.missed))
+        if self.server.settings.state_recovery_skip_middlewares:
+            self._admit(socket, client)
+            return
+        self._connect(socket, client)
+
+    def _connect(self, socket: Socket, client: NamespaceClient) -> None:
         if not self._middlewares:
             self._admit(socket, client)
             return
@@ -200,7 +242,10 @@ class Namespace:
         self.sockets[socket.id] = socket
         client.sockets[self.name] = socket
         socket.join(socket.id)
-        socket.send_packet(sio.connect_ok(self.name, socket.id))
+        if socket.pid is None:
+            socket.send_packet(sio.connect_ok(self.name, socket.id))
+        else:
+            socket.send_packet(sio.Packet(sio.PacketType.CONNECT, self.name, {"sid": socket.id, "pid": socket.pid}))
         for listener in self._listeners.get("connection", ()):
             run_handler(listener.fn, socket)
 

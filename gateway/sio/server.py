@@ -34,11 +34,11 @@ from typing import Any, Callable, Iterable, Union
 
 from protocol.cluster.messages import Room
 
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..engine.server import AllowRequest, EngineServer
 from ..http import Request
 from ..proxies import TrustedProxies
-from .adapter import Adapter, AdapterStats
+from .adapter import Adapter, AdapterStats, SessionAwareAdapter
 from .broadcast import BroadcastOperator
 from .client import Client
 from .handlers import Handler
@@ -68,7 +68,10 @@ class Server:
         (engine.io's `allowRequest`): True/None allows, False or a reason string refuses (403)."""
         self.settings = settings or Settings()
         self.adapter_stats = AdapterStats()
-        self._adapter_factory = adapter_factory or Adapter
+        if adapter_factory is None:
+            # As socket.io: with connectionStateRecovery the default adapter keeps sessions.
+            adapter_factory = self._session_aware_adapter if self.settings.state_recovery_ms else Adapter
+        self._adapter_factory = adapter_factory
         self.engine = EngineServer(
             lambda session: Client(self, session),
             ping_interval_ms=self.settings.ping_interval_ms,
@@ -90,6 +93,15 @@ class Server:
         # drops it (the guard answers the ack, if any). Rate limits hook in here.
         self.event_guard: EventGuard | None = None
         self.of("/")
+        if self.settings.state_recovery_ms and not self.main.adapter.supports_recovery:
+            raise ConfigError(
+                f"STATE_RECOVERY_MS={self.settings.state_recovery_ms}: {type(self.main.adapter).__name__} keeps no sessions; "
+                "connection state recovery needs the in-memory adapter (no REDIS_URL) or REDIS_MODE=streams "
+                "(the classic and sharded Redis adapters cannot carry it, as in Node.js); set STATE_RECOVERY_MS=0 to run without it"
+            )
+
+    def _session_aware_adapter(self, nsp: Namespace) -> Adapter:
+        return SessionAwareAdapter(nsp, self.settings)
 
     # -- namespaces ----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from ..engine.session import Session
 from .adapter import Adapter, BroadcastOptions
 from .broadcast import BroadcastOperator
 from .handlers import FAILED, AckTimeout, Handler, Listener, as_rooms, run_handler
+from .recovery import RECOVERABLE_REASONS, SessionState
 
 log = logging.getLogger("gateway.server")  # the name operators filter on, kept across modules
 
@@ -34,6 +35,8 @@ class SocketNamespace(Protocol):
 
     name: str
     adapter: Adapter
+    # Connection state recovery is on here (STATE_RECOVERY_MS and an adapter that keeps sessions).
+    recovering: bool
 
     @property
     def event_guard(self) -> EventGuard | None: ...
@@ -69,6 +72,8 @@ class Socket:
         "_issued",
         "data",
         "connected",
+        "pid",
+        "recovered",
         "_listeners",
         "_any",
         "_acks",
@@ -87,6 +92,11 @@ class Socket:
         self._issued = time.time()
         self.data: dict[str, Any] = {}
         self.connected = False
+        # The private session id a client presents to recover this socket (never shared, unlike
+        # `id`); None when recovery is off. `recovered`: this socket is an earlier one come back,
+        # with its id, rooms, data and the packets it missed (socket.io's `socket.recovered`).
+        self.pid: str | None = generate_id() if nsp.recovering else None
+        self.recovered = False
         self._listeners: dict[str, list[Listener]] = {}
         self._any: list[Callable[..., Any]] = []
         self._acks: dict[int, tuple[Callable[..., Any], asyncio.TimerHandle | None]] = {}
@@ -154,6 +164,11 @@ class Socket:
         if callback is not None:
             packet.id = self.nsp.next_ack_id()
             self._register_ack(packet.id, callback, timeout)
+        elif self.pid is not None and self.connected:
+            # As socket.io 4.8 with recovery on: through the adapter to the socket's own room, so
+            # the packet gets its offset and is kept for a reconnection.
+            self.nsp.adapter.broadcast(packet, BroadcastOptions(rooms=frozenset((self.id,))))
+            return
         self.send_packet(packet)
 
     def timeout(self, seconds: float) -> "TimedSocket":
@@ -218,6 +233,22 @@ class Socket:
     def broadcast(self) -> BroadcastOperator:
         """Everyone in the namespace but this socket."""
         return BroadcastOperator(self.nsp.adapter, BroadcastOptions(except_=frozenset([self.id])))
+
+    # -- connection state recovery -------------------------------------------------------------
+
+    def restore(self, state: SessionState, missed: list[Outbound]) -> None:
+        """Become the socket that left `state` behind: its id, pid, data and rooms, then the
+        packets it missed, written at once (before the CONNECT reply, as socket.io does: the
+        client hands them to its listeners when it sees the CONNECT)."""
+        self.id = state.sid
+        self.pid = state.pid
+        self.data = state.data if state.data is not None else {}
+        self.recovered = True
+        self.join(state.rooms)
+        session = self.session
+        for out in missed:
+            session.send(out)
+        session.server.stats.messages_out += len(missed)
 
     # -- incoming ------------------------------------------------------------------------------
 
@@ -284,6 +315,11 @@ class Socket:
         if not self.connected:
             return
         self._fire("disconnecting", reason)
+        if self.pid is not None and reason in RECOVERABLE_REASONS:
+            try:
+                self.nsp.adapter.persist_session(SessionState(self.id, self.pid, list(self.rooms), self.data))
+            except Exception:  # a store that fails loses this recovery, never the disconnect
+                log.exception("recovery_persist_failed nsp=%s sid=%s", self.nsp.name, self.id)
         self.connected = False
         self.nsp.remove_socket(self)
         if self.client.sockets.get(self.nsp.name) is self:

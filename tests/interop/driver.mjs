@@ -218,6 +218,50 @@ function clientTransport({ name }) {
   return socket.io.engine?.transport?.name ?? null;
 }
 
+// Connection state recovery: what the client knows of it (socket.recovered after its latest
+// connect), and a way to lose the connection without a client-side disconnect, as a network
+// blip does (the manager reconnects and the socket sends its pid and last offset).
+function clientState({ name }) {
+  const { socket } = clientEntry(name);
+  return { connected: socket.connected, id: socket.id ?? null, recovered: Boolean(socket.recovered) };
+}
+
+function clientEngineClose({ name }) {
+  const { socket } = clientEntry(name);
+  if (!socket.io.engine) throw new CommandError(`client ${JSON.stringify(name)} has no engine`);
+  socket.io.engine.close();
+  return null;
+}
+
+// socket.connect() again on a client that disconnected (by itself or by the server): the
+// socket keeps its pid and last offset, so it asks for its earlier session.
+async function clientReconnect({ name, timeout }) {
+  const { socket } = clientEntry(name);
+  const limit = timeout ?? 5000;
+  return await new Promise((resolve, reject) => {
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off("connect", onConnect);
+      socket.off("connect_error", onError);
+    };
+    const onConnect = () => {
+      cleanup();
+      resolve({ id: socket.id, recovered: Boolean(socket.recovered) });
+    };
+    const onError = (err) => {
+      cleanup();
+      reject(new CommandError(errorMessage(err), err?.data ?? null));
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new CommandError(`client ${name} did not reconnect within ${limit} ms`));
+    }, limit);
+    socket.on("connect", onConnect);
+    socket.on("connect_error", onError);
+    socket.connect();
+  });
+}
+
 // Where the client's manager connects next (a reconnection to another node of the cluster).
 function clientSetUrl({ name, url }) {
   const { socket } = clientEntry(name);
@@ -559,6 +603,9 @@ const commands = {
   "client.transport": clientTransport,
   "client.list": clientList,
   "client.set_url": clientSetUrl,
+  "client.state": clientState,
+  "client.engine_close": clientEngineClose,
+  "client.reconnect": clientReconnect,
   "server.start": serverStart,
   "server.stop": serverStop,
   "server.broadcast": serverBroadcast,
