@@ -158,7 +158,7 @@ class Settings:
     )
     cors_origins: tuple[str, ...] = setting("CORS_ORIGINS", (), _origins, "comma-separated allowed origins for polling CORS ('*' for any); empty = no CORS headers")
     log_level: str = setting("LOG_LEVEL", "INFO", _level, "DEBUG logs every packet")
-    # -- the HTTP front's bounds (gateway/http.py): clients are not trusted to be quick or small --
+    # -- the HTTP front's bounds (gateway/http/): clients are not trusted to be quick or small --
     http_header_timeout_ms: int = setting("HTTP_HEADER_TIMEOUT_MS", 10000, _int(100, 3_600_000), "a request line and headers must arrive within this (408, or a plain close when nothing was sent)")
     http_body_timeout_ms: int = setting("HTTP_BODY_TIMEOUT_MS", 30000, _int(100, 3_600_000), "a request body must arrive within this after its headers (408)")
     http_keepalive_timeout_ms: int = setting(

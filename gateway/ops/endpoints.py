@@ -224,7 +224,7 @@ def recovery_metrics(r: RecoveryStats) -> Iterator[Metric]:
 
 
 def http_metrics(http: HttpServer) -> Iterator[Metric]:
-    """The HTTP front's bounds (gateway/http.py): every time a limit trips, so an operator sees
+    """The HTTP front's bounds (gateway/http/): every time a limit trips, so an operator sees
     hostile or broken clients without logs."""
     s = http.stats
     yield GaugeMetricFamily("sio_gateway_http_connections", "Open TCP connections (upgraded or not)", value=len(http.connections))
