@@ -334,7 +334,6 @@ class StreamsTransport(SupervisedLinks):
                 await stream.open()
                 self.pub_up = True
                 self._link_restored("publisher", self._pub_attempts)
-                self._pub_attempts = 0
                 while True:
                     batch = await self._next_batch()
                     if batch is None:
@@ -346,7 +345,7 @@ class StreamsTransport(SupervisedLinks):
                         # Back in front, in order, on a new connection. A batch Redis executed
                         # before the connection broke is appended again: at-least-once, as an
                         # XADD has no idempotency key.
-                        self.outbox.extendleft(reversed(batch))
+                        self.outbox.requeue(batch)
                         self._pub = None
                         await stream.aclose()
                         raise
