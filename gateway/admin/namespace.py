@@ -6,8 +6,9 @@ What an admin socket gets, in the package's event names and shapes:
 - `server_stats` every 2 s from every node: each node emits its own on /admin through the
   adapter, so every node's admin sockets (Node.js servers' too) see every node;
 - development mode: `socket_connected` / `socket_updated` (a transport upgrade) /
-  `socket_disconnected`, `room_joined` / `room_left`, `event_received`, all emitted on /admin
-  through the adapter as well;
+  `socket_disconnected`, `room_joined` / `room_left` (the adapter's `join-room` / `leave-room`
+  events), `event_received` / `event_sent` (`Socket.on_any` / `Socket.on_any_outgoing`), all
+  emitted on /admin through the adapter as well;
 - the actions `emit`, `join`, `leave`, `_disconnect`, applied cluster-wide through the
   namespace's broadcast operator (`in_(filter).sockets_join(room)` ...), unless read-only.
 
@@ -17,9 +18,11 @@ the package lists the gateway's sockets like its own.
 
 Costs: nothing at all when ADMIN_UI is off (nothing is installed). In production mode, one timer a
 second reading counters. Development mode adds one listener per connection and disconnection,
-one per room change and one per incoming event (as the package); outgoing events are not
-reported (`event_sent`): the Socket.IO layer has no outgoing hook, and one on the delivery path
-would cost every broadcast.
+one per room change, one per incoming event and one per `socket.emit` (as the package). Events
+a broadcast delivers are not reported as `event_sent` (Node's adapter tells each recipient's
+onAnyOutgoing; here a broadcast is written once for all its recipients, and a per-recipient
+hook would cost every broadcast). Namespaces are instrumented as they are created
+(`Server.on_new_namespace`), a dynamic namespace's first socket included.
 """
 
 from __future__ import annotations
@@ -128,7 +131,9 @@ class AdminUI:
         self.nsp.on("connection", self._admin_connected)
         self._hook_engine()
         if self.development:
-            self._watch_new_namespaces()
+            for nsp in list(server.namespaces.values()):
+                self._watch(nsp)
+            server.on_new_namespace(self._watch)
         if self.auth.open:
             log.warning("admin_auth_disabled ADMIN_USERNAME/ADMIN_PASSWORD_HASH unset: anyone who reaches %s may use the admin UI%s", NAMESPACE, "" if self.readonly else " and act on every socket")
 
@@ -157,8 +162,6 @@ class AdminUI:
         self.stats.buckets.tick()
         self._ticks += 1
         if self._ticks % round(STATS_INTERVAL_S / TICK_S) == 0:
-            if self.development:
-                self._watch_new_namespaces()
             self.emit_stats()
 
     def emit_stats(self) -> None:
@@ -283,60 +286,35 @@ class AdminUI:
 
     # -- development mode: every namespace's sockets, rooms and events ---------------------------
 
-    def _watch_new_namespaces(self) -> None:
-        """Instrument namespaces not seen yet (the Server has no `new_namespace` event, so the
-        stats timer looks every 2 s: a dynamic namespace's first sockets may go unreported)."""
-        for name, nsp in list(self.server.namespaces.items()):
-            if name not in self._watched:
-                self._watched.add(name)
-                self._watch(nsp)
-
     def _watch(self, nsp: Namespace) -> None:
+        """One namespace's sockets, events and rooms, as the package's registerVerboseListeners."""
+        if nsp.name in self._watched:
+            return
+        self._watched.add(nsp.name)
         admin_nsp = self.nsp
         is_admin = nsp is admin_nsp
 
         def connected(socket: Socket) -> None:
+            if socket.nsp is not nsp:
+                return  # children of a dynamic family share its listeners: each watches its own
+            name = nsp.name
             socket.data["_admin"] = {"clientId": socket.session.sid[:12], "transport": socket.session.transport_name}
-            admin_nsp.emit("socket_connected", serialize(socket, nsp.name), now_iso())
+            admin_nsp.emit("socket_connected", serialize(socket, name), now_iso())
             if not is_admin:
-                socket.on_any(lambda event, *args: admin_nsp.emit("event_received", nsp.name, socket.id, [event, *_without_ack(args)], now_iso()))
-            socket.on("disconnect", lambda reason: admin_nsp.emit("socket_disconnected", nsp.name, socket.id, reason, now_iso()))
+                socket.on_any(lambda event, *args: admin_nsp.emit("event_received", name, socket.id, [event, *_without_ack(args)], now_iso()))
+                socket.on_any_outgoing(lambda event, *args: admin_nsp.emit("event_sent", name, socket.id, [event, *args], now_iso()))
+            socket.on("disconnect", lambda reason: admin_nsp.emit("socket_disconnected", name, socket.id, reason, now_iso()))
 
         nsp.on("connection", connected)
         self._watch_rooms(nsp)
 
     def _watch_rooms(self, nsp: Namespace) -> None:
-        """room_joined / room_left, as the package's adapter `join-room` / `leave-room` listeners.
-        The in-memory adapter has no membership events, so its three membership methods are
-        wrapped on this namespace's adapter instance only (nothing changes for other servers)."""
-        adapter = nsp.adapter
+        """room_joined / room_left from the adapter's `join-room` / `leave-room` events, as the
+        package listens to them (the admin namespace's own rooms included)."""
         admin_nsp = self.nsp
-        add_all, remove, remove_all = adapter.add_all, adapter.remove, adapter.remove_all
         name = nsp.name
-
-        def joined(socket: Any, rooms: Iterable[Any]) -> None:
-            rooms = list(rooms)
-            before = set(adapter.socket_rooms(socket))
-            add_all(socket, rooms)
-            for room in rooms:
-                if room not in before:
-                    admin_nsp.emit("room_joined", name, room, socket.id, now_iso())
-
-        def left(socket: Any, room: Any) -> None:
-            was_in = room in adapter.socket_rooms(socket)
-            remove(socket, room)
-            if was_in:
-                admin_nsp.emit("room_left", name, room, socket.id, now_iso())
-
-        def left_all(socket: Any) -> None:
-            rooms = list(adapter.socket_rooms(socket))
-            remove_all(socket)
-            for room in rooms:
-                admin_nsp.emit("room_left", name, room, socket.id, now_iso())
-
-        adapter.add_all = joined  # type: ignore[method-assign]
-        adapter.remove = left  # type: ignore[method-assign]
-        adapter.remove_all = left_all  # type: ignore[method-assign]
+        nsp.adapter.on("join-room", lambda room, sid: admin_nsp.emit("room_joined", name, room, sid, now_iso()))
+        nsp.adapter.on("leave-room", lambda room, sid: admin_nsp.emit("room_left", name, room, sid, now_iso()))
 
 
 def _without_ack(args: tuple[Any, ...]) -> list[Any]:

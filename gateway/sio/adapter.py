@@ -40,10 +40,15 @@ __all__ = [
     "AdapterStats",
     "AdapterTimeout",
     "BroadcastOptions",
+    "ROOM_EVENTS",
     "Room",
     "SessionAwareAdapter",
     "recoverable",
 ]
+
+
+# The membership events an adapter emits (socket.io-adapter's names).
+ROOM_EVENTS = ("create-room", "join-room", "leave-room", "delete-room")
 
 
 class AdapterError(RuntimeError):
@@ -151,6 +156,8 @@ class Adapter:
         self.nsp = nsp
         self.registry: RoomRegistry[AdapterSocket] = RoomRegistry()
         self.stats = nsp.adapter_stats
+        # event -> listeners (see `on`); empty, and so falsy, while nobody observes membership.
+        self.room_listeners: dict[str, list[Callable[..., None]]] = {}
 
     # -- lifecycle (no-ops here; the cluster adapter subscribes and unsubscribes) -------------
 
@@ -162,14 +169,59 @@ class Adapter:
 
     # -- membership ----------------------------------------------------------------------------
 
+    def on(self, event: str, listener: Callable[..., None]) -> Callable[..., None]:
+        """Listen to membership as socket.io's adapter emits it: `create-room` (room),
+        `join-room` (room, sid), `leave-room` (room, sid), `delete-room` (room); a room is
+        created with its first member and deleted with its last, `join-room` only for a room
+        the socket was not in. For observers (the admin UI's room_joined / room_left): while
+        nobody listens, membership pays one falsy check."""
+        if event not in ROOM_EVENTS:
+            raise ValueError(f"{event!r} is not one of the adapter's events {ROOM_EVENTS}")
+        self.room_listeners.setdefault(event, []).append(listener)
+        return listener
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for listener in list(self.room_listeners.get(event, ())):
+            try:
+                listener(*args)
+            except Exception:  # an observer must never break membership
+                log.exception("adapter_listener_failed event=%s nsp=%s", event, self.nsp.name)
+
     def add_all(self, socket: AdapterSocket, rooms: Iterable[Room]) -> None:
+        if not self.room_listeners:
+            self.registry.join(socket, rooms)
+            return
+        rooms = list(rooms)
+        before = set(self.registry.rooms_of(socket))
+        existing = self.registry.rooms
+        new = [room for room in dict.fromkeys(rooms) if room not in before]
+        created = {room for room in new if room not in existing}
         self.registry.join(socket, rooms)
+        for room in new:
+            if room in created:
+                self._notify("create-room", room)
+            self._notify("join-room", room, socket.id)
 
     def remove(self, socket: AdapterSocket, room: Room) -> None:
+        if not self.room_listeners:
+            self.registry.leave(socket, room)
+            return
+        was_in = room in self.registry.rooms_of(socket)
         self.registry.leave(socket, room)
+        if was_in:
+            self._left(socket, room)
 
     def remove_all(self, socket: AdapterSocket) -> None:
-        self.registry.leave_all(socket)
+        if not self.room_listeners:
+            self.registry.leave_all(socket)
+            return
+        for room in self.registry.leave_all(socket):
+            self._left(socket, room)
+
+    def _left(self, socket: AdapterSocket, room: Room) -> None:
+        self._notify("leave-room", room, socket.id)
+        if room not in self.registry.rooms:
+            self._notify("delete-room", room)
 
     def socket_rooms(self, socket: AdapterSocket) -> set[Room]:
         return self.registry.rooms_of(socket)

@@ -85,6 +85,8 @@ class Server:
         )
         self.namespaces: dict[str, Namespace] = {}
         self._dynamic: list[tuple[NamespaceMatcher, Namespace]] = []
+        # `listener(nsp)` for every namespace created from now on (see `on_new_namespace`).
+        self._namespace_listeners: list[Callable[[Namespace], None]] = []
         self.started_at = time.time()
         self.debug_packets = self.settings.log_level == "DEBUG"
         self.draining = False
@@ -114,6 +116,7 @@ class Server:
             nsp = self.namespaces.get(name)
             if nsp is None:
                 nsp = self.namespaces[name] = Namespace(self, name)
+                self._namespace_created(nsp)
             return nsp
         for matcher, parent in self._dynamic:
             if matcher is name:
@@ -139,8 +142,24 @@ class Server:
                 ok = False
             if ok:
                 child = self.namespaces[name] = Namespace(self, name, parent)
+                self._namespace_created(child)
                 return child
         return None
+
+    def on_new_namespace(self, listener: Callable[[Namespace], None]) -> Callable[[Namespace], None]:
+        """`listener(nsp)` for each namespace created from now on (socket.io's `new_namespace`
+        event): a static one by `of(name)`, a dynamic family's child when its first CONNECT
+        arrives, before that socket is admitted, so an observer (the admin UI) sees the child's
+        first socket too. Families' templates are not namespaces and are not announced."""
+        self._namespace_listeners.append(listener)
+        return listener
+
+    def _namespace_created(self, nsp: Namespace) -> None:
+        for listener in list(self._namespace_listeners):
+            try:
+                listener(nsp)
+            except Exception:  # an observer must not refuse the namespace
+                log.exception("new_namespace_listener_failed nsp=%s", nsp.name)
 
     def make_adapter(self, nsp: Namespace) -> Adapter:
         return self._adapter_factory(nsp)

@@ -76,6 +76,7 @@ class Socket:
         "recovered",
         "_listeners",
         "_any",
+        "_any_outgoing",
         "_acks",
         "__weakref__",
     )
@@ -99,6 +100,8 @@ class Socket:
         self.recovered = False
         self._listeners: dict[str, list[Listener]] = {}
         self._any: list[Callable[..., Any]] = []
+        # None until someone listens, so an emit pays one falsy check for this hook.
+        self._any_outgoing: list[Callable[..., Any]] | None = None
         self._acks: dict[int, tuple[Callable[..., Any], asyncio.TimerHandle | None]] = {}
 
     def __repr__(self) -> str:
@@ -134,6 +137,21 @@ class Socket:
         self._any.append(handler)
         return handler
 
+    def on_any_outgoing(self, listener: Callable[..., Any]) -> Callable[..., Any]:
+        """`listener(event, *args)` for every event this socket emits (socket.io's
+        `socket.onAnyOutgoing`), e.g. the admin UI's `event_sent`. Only `socket.emit` is seen:
+        broadcasts are written once for all their recipients and are not reported per socket,
+        so the delivery path stays free of per-recipient work."""
+        if self._any_outgoing is None:
+            self._any_outgoing = []
+        self._any_outgoing.append(listener)
+        return listener
+
+    def off_any_outgoing(self, listener: Callable[..., Any]) -> None:
+        """Stop telling `listener` about outgoing events (no error if it was not registered)."""
+        if self._any_outgoing and listener in self._any_outgoing:
+            self._any_outgoing.remove(listener)
+
     def _fire(self, event: str, *args: Any) -> None:
         for listener in self._listeners.get(event, ()):
             run_handler(listener.fn, *args)
@@ -161,6 +179,9 @@ class Socket:
         if args and callable(args[-1]) and callback is None:
             callback, args = args[-1], args[:-1]
         packet = sio.Packet(PacketType.EVENT, self.nsp.name, [event, *args])
+        if self._any_outgoing:
+            for listener in list(self._any_outgoing):
+                run_handler(listener, event, *args)
         if callback is not None:
             packet.id = self.nsp.next_ack_id()
             self._register_ack(packet.id, callback, timeout)
