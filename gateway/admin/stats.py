@@ -8,9 +8,9 @@ reading becomes that second's buckets (`{timestamp, type, count}`, the package's
 Every 2 s the buckets collected so far go out in `server_stats` and are cleared, as the
 package's `getValuesAndClear()`.
 
-bytesIn/bytesOut are not reported: the engine counts packets, not bytes, and counting bytes per
-frame for a chart is not worth a cost on the delivery path; the UI's bytes chart shows only the
-Node.js servers of a mixed cluster.
+bytesIn/bytesOut are the engine's byte counters (EngineStats.bytes_in/bytes_out: WebSocket
+bytes as read and written, frame headers included, and polling bodies), bumped once per read
+and per batched write, not per packet: close to the package's sum of packet lengths, not equal.
 """
 
 from __future__ import annotations
@@ -73,13 +73,15 @@ class NodeStats:
     def counters(self) -> dict[str, int]:
         """Cumulative counts: sessions opened and closed, Socket.IO packets in and out (one
         packet to each recipient of a broadcast counts once per recipient, as the package's
-        per-connection `packetCreate`)."""
+        per-connection `packetCreate`), Engine.IO bytes in and out."""
         engine = self.server.engine.stats
         counts = {
             "rawConnection": engine.sessions_opened,
             "rawDisconnection": self.closed_sessions(),
             "packetsIn": engine.messages_in,
             "packetsOut": engine.messages_out + self.server.adapter_stats.deliveries,
+            "bytesIn": engine.bytes_in,
+            "bytesOut": engine.bytes_out,
         }
         return counts
 

@@ -80,6 +80,8 @@ class EngineStats:
         "messages_out",
         "slow_consumer_disconnects",
         "handshakes_refused",
+        "bytes_in",
+        "bytes_out",
     )
 
     def __init__(self) -> None:
@@ -92,6 +94,10 @@ class EngineStats:
         self.messages_in = 0  # Socket.IO messages received (attachments counted with their packet)
         self.messages_out = 0  # Socket.IO packets sent to one socket (broadcasts count as deliveries)
         self.http_errors = 0
+        # Engine.IO payload bytes: WebSocket bytes as read/written (frames included), polling
+        # bodies. One add per read and per batched write or poll answer, never per packet.
+        self.bytes_in = 0
+        self.bytes_out = 0
 
 
 class EngineServer:
@@ -120,9 +126,9 @@ class EngineServer:
         self.allow_upgrades = allow_upgrades
         self.sessions: dict[str, Session] = {}
         self.max_buffered_bytes = max_buffered_bytes
-        self.batcher = WriteBatcher(max_buffered_bytes)
-        self.batcher.on_overflow = self._websocket_overflow
         self.stats = EngineStats()
+        self.batcher = WriteBatcher(max_buffered_bytes, self.stats)
+        self.batcher.on_overflow = self._websocket_overflow
         self.allow_request = allow_request
         self.client_address: Callable[[Request], str] = client_address or (lambda request: request.remote_address)
         self._deciding: set[asyncio.Task[None]] = set()  # async allow_request verdicts under way
@@ -296,6 +302,7 @@ class EngineServer:
         return headers
 
     def respond_poll(self, request: Request, body: bytes) -> None:
+        self.stats.bytes_out += len(body)
         request.respond(200, body, self._cors_headers(request) + [("Cache-Control", "no-store")])
 
     def respond_ok(self, request: Request) -> None:

@@ -130,6 +130,7 @@ class Session:
         self._run(self.machine.receive_get(), request)
 
     def handle_post(self, request: "Request") -> None:
+        self.server.stats.bytes_in += len(request.body)
         self._run(self.machine.receive_post(request.body), request)
 
     def handle_upgrade(self, request: "Request") -> None:

@@ -31,6 +31,21 @@ class WebSocketListener(Protocol):
     def ws_closed(self, ws: "WebSocketTransport", reason: str) -> None: ...
 
 
+class ByteCounts(Protocol):
+    """Where connections count the bytes they read and write (the engine's EngineStats)."""
+
+    bytes_in: int
+    bytes_out: int
+
+
+class _Bytes:
+    __slots__ = ("bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
 class WriteBatcher:
     """Coalesces what is written to each connection during one event-loop tick into one write.
 
@@ -44,10 +59,12 @@ class WriteBatcher:
     without limit. `on_overflow(ws, buffered)` is told (the engine counts and logs it).
     """
 
-    __slots__ = ("dirty", "scheduled", "max_buffered", "on_overflow")
+    __slots__ = ("dirty", "scheduled", "max_buffered", "on_overflow", "counts")
 
-    def __init__(self, max_buffered: int = 1 << 20) -> None:
+    def __init__(self, max_buffered: int = 1 << 20, counts: ByteCounts | None = None) -> None:
         self.dirty: list[WebSocketTransport] = []
+        # Bytes read and written by every connection of this batcher (one add per read/write).
+        self.counts: ByteCounts = counts if counts is not None else _Bytes()
         self.scheduled = False
         self.max_buffered = max_buffered
         self.on_overflow: Callable[[WebSocketTransport, int], None] | None = None
@@ -115,6 +132,7 @@ class WebSocketTransport:
     # -- incoming ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.batcher.counts.bytes_in += len(data)
         tail = self._tail
         if tail is not None:
             tail += data
@@ -232,8 +250,10 @@ class WebSocketTransport:
         transport = self.transport
         if len(pending) == 1:
             transport.write(pending[0])
+            self.batcher.counts.bytes_out += len(pending[0])
         else:
             transport.writelines(pending)
+            self.batcher.counts.bytes_out += sum(map(len, pending))
         # Once per batched write, never per frame: what the peer has not taken yet.
         buffered = transport.get_write_buffer_size()
         if buffered > self.batcher.max_buffered:
@@ -249,6 +269,7 @@ class WebSocketTransport:
         self.flush()
         if not self.closed and not self.transport.is_closing():
             self.transport.write(frames)
+            self.batcher.counts.bytes_out += len(frames)
 
     def _overflow(self, buffered: int) -> None:
         """The peer stopped reading: drop the connection now, unsent data included (a close
@@ -294,6 +315,7 @@ class WebSocketTransport:
         for chunk in chunks:
             if chunk:
                 self.transport.write(chunk)
+                self.batcher.counts.bytes_out += len(chunk)
             else:
                 # The library signals the end of the stream: drop the TCP connection (at once
                 # when the peer left more unread than a connection may hold).

@@ -194,6 +194,10 @@ class GatewayCollector:
         packets.add_metric(["in"], engine.messages_in)
         packets.add_metric(["out"], engine.messages_out + a.deliveries)
         yield packets
+        traffic = CounterMetricFamily("sio_gateway_bytes", "Engine.IO bytes read from and written to clients (WebSocket frames, polling bodies)", labels=["direction"])
+        traffic.add_metric(["in"], engine.bytes_in)
+        traffic.add_metric(["out"], engine.bytes_out)
+        yield traffic
         yield CounterMetricFamily("sio_gateway_volatile_dropped", "Volatile packets dropped for a busy transport", value=a.dropped_volatile)
         yield CounterMetricFamily("sio_gateway_loop_lag_warnings", "Event-loop heartbeats late by half of LOOP_STALL_MS or more", value=loop_watchdog.stats.lag_warnings)
         yield CounterMetricFamily("sio_gateway_loop_pauses", "Whole-process pauses (SIGSTOP, frozen VM) not held against the loop by the watchdog", value=loop_watchdog.stats.pauses)

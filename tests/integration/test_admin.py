@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import bcrypt
 import pytest
+from prometheus_client import generate_latest
 
 from gateway.admin import MemorySessions
 from gateway.admin.stats import EventBuckets
@@ -304,3 +306,129 @@ async def test_single_node_memory_sessions_python_client_and_connection_cap() ->
         await extra.disconnect()
         await ui.disconnect()
         await server.close()
+
+
+async def test_development_mode_reports_sent_events_rooms_new_namespaces_and_bytes() -> None:
+    """The hooks the admin UI listens to, on one node (python-socketio clients): a dynamic
+    namespace created by its first CONNECT is instrumented at once (`Server.on_new_namespace`),
+    so that first socket is announced; `socket.emit` is reported as `event_sent`
+    (`Socket.on_any_outgoing`); joins and leaves as `room_joined` / `room_left` (the adapter's
+    `join-room` / `leave-room`, no wrapped methods); bytes in/out move in `server_stats` and
+    /metrics (`sio_gateway_bytes_total{direction}`)."""
+    import socketio
+
+    settings = Settings(port=0, auth_mode="none", admin_ui=True, admin_username=USERNAME, admin_password_hash=PASSWORD_HASH)
+    server = build_gateway(settings)
+    family = server.of(re.compile(r"^/dyn-\d+$"))
+    membership: list[tuple[Any, ...]] = []
+
+    def observe(nsp: Any) -> None:
+        for event in ("create-room", "join-room", "leave-room", "delete-room"):
+            nsp.adapter.on(event, lambda *args, event=event: membership.append((event, *args)))
+
+    server.on_new_namespace(observe)
+
+    @family.on("connection")
+    def connected(sock: Any) -> None:
+        sock.join("lobby")
+        sock.on("greet", lambda: sock.emit("hello", {"n": 1}))
+        sock.on("part", lambda: sock.leave("lobby"))
+
+    port = await server.start()
+    url = f"http://127.0.0.1:{port}"
+    names = ("socket_connected", "event_sent", "room_joined", "room_left", "server_stats")
+    got: dict[str, asyncio.Queue[Any]] = {name: asyncio.Queue() for name in names}
+    ui = socketio.AsyncClient(reconnection=False)
+    for name, queue in got.items():
+        ui.on(name, lambda *args, queue=queue: queue.put_nowait(list(args)), namespace="/admin")
+    user = socketio.AsyncClient(reconnection=False)
+    hello: asyncio.Queue[Any] = asyncio.Queue()
+    user.on("hello", lambda *args: hello.put_nowait(args[0]), namespace="/dyn-7")
+    poller = socketio.AsyncClient(reconnection=False)
+    polled: asyncio.Queue[Any] = asyncio.Queue()
+    poller.on("hello", lambda *args: polled.put_nowait(args[0]), namespace="/dyn-8")
+
+    async def first(name: str, predicate: Any) -> list[Any]:
+        deadline = time.monotonic() + STEP
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no matching {name} within {STEP}s"
+            args = await asyncio.wait_for(got[name].get(), left)
+            if predicate(args):
+                return args
+
+    try:
+        await ui.connect(url, namespaces=["/admin"], auth={"username": USERNAME, "password": PASSWORD}, transports=["websocket"], wait_timeout=STEP)
+        assert "/dyn-7" not in server.namespaces
+        await user.connect(url, namespaces=["/dyn-7"], transports=["websocket"], wait_timeout=STEP)
+        sid = user.get_sid("/dyn-7")
+        announced = await first("socket_connected", lambda args: args[0]["nsp"] == "/dyn-7")
+        assert announced[0]["id"] == sid and announced[0]["transport"] == "websocket"
+        await first("room_joined", lambda args: args[:3] == ["/dyn-7", "lobby", sid])
+
+        await user.emit("greet", namespace="/dyn-7")
+        assert await asyncio.wait_for(hello.get(), STEP) == {"n": 1}
+        sent = await first("event_sent", lambda args: args[:2] == ["/dyn-7", sid])
+        assert sent[2] == ["hello", {"n": 1}]
+
+        await user.emit("part", namespace="/dyn-7")
+        await first("room_left", lambda args: args[:3] == ["/dyn-7", "lobby", sid])
+        assert ("create-room", "lobby") in membership and ("delete-room", "lobby") in membership
+        lobby = [m for m in membership if "lobby" in m]
+        assert lobby == [("create-room", "lobby"), ("join-room", "lobby", sid), ("leave-room", "lobby", sid), ("delete-room", "lobby")]
+
+        # bytesIn / bytesOut: per-second buckets of the engine's byte counters.
+        seen: set[str] = set()
+        deadline = time.monotonic() + STEP
+        while not {"bytesIn", "bytesOut"} <= seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"server_stats carried only {sorted(seen)}"
+            stats = (await asyncio.wait_for(got["server_stats"].get(), left))[0]  # an offset may follow
+            seen |= {e["type"] for e in stats["aggregatedEvents"] if e["count"] > 0}
+        engine = server.engine.stats
+        assert engine.bytes_in > 0 and engine.bytes_out > engine.bytes_in  # stats every 2 s go out
+        # Polling: POST bodies count in, poll answers out.
+        await poller.connect(url, namespaces=["/dyn-8"], transports=["polling"], wait_timeout=STEP)
+        before = engine.bytes_in
+        await poller.emit("greet", namespace="/dyn-8")
+        assert await asyncio.wait_for(polled.get(), STEP) == {"n": 1}
+        assert engine.bytes_in - before >= len('42/dyn-8,["greet"]')
+        text = generate_latest(server.metrics_registry).decode()
+        found = {m.group(1): float(m.group(2)) for m in re.finditer(r'^sio_gateway_bytes_total\{direction="(in|out)"\} (\S+)$', text, re.M)}
+        assert found.keys() == {"in", "out"} and found["in"] > 0 and found["out"] > 0, found
+    finally:
+        await poller.disconnect()
+        await user.disconnect()
+        await ui.disconnect()
+        await server.close()
+
+
+def test_adapter_room_events_only_on_changes() -> None:
+    """`join-room` only for a room the socket was not in, `create-room` / `delete-room` with a
+    room's first and last member; an adapter nobody listens to keeps no listener table."""
+    from gateway.sio.server import Server
+
+    server = Server(Settings(auth_mode="none"))
+    adapter = server.main.adapter
+    assert not adapter.room_listeners
+    seen: list[tuple[Any, ...]] = []
+    for event in ("create-room", "join-room", "leave-room", "delete-room"):
+        adapter.on(event, lambda *args, event=event: seen.append((event, *args)))
+    with pytest.raises(ValueError):
+        adapter.on("joined", print)
+
+    class Member:  # what the adapter reads of a socket for membership: its id
+        def __init__(self, sid: str) -> None:
+            self.id = sid
+
+    a, b = Member("a"), Member("b")
+    adapter.add_all(a, ["r", "r"])
+    adapter.add_all(b, ["r", "s"])
+    adapter.add_all(a, ["r"])  # already in: nothing
+    adapter.remove(a, "r")
+    adapter.remove(a, "r")  # not in any more: nothing
+    adapter.remove_all(b)
+    assert seen[:5] == [("create-room", "r"), ("join-room", "r", "a"), ("join-room", "r", "b"), ("create-room", "s"), ("join-room", "s", "b")]
+    assert seen[5] == ("leave-room", "r", "a")
+    assert sorted(seen[6:]) == sorted([("leave-room", "r", "b"), ("delete-room", "r"), ("leave-room", "s", "b"), ("delete-room", "s")])
+    assert adapter.rooms == {}

@@ -41,6 +41,8 @@ PROMISED = (
     "sio_gateway_http_timeouts_total",
     "sio_gateway_http_connections_over_limit_total",
     "sio_gateway_presence_up",
+    "sio_gateway_recoveries_total",
+    "sio_gateway_bytes_total",
 )
 
 
