@@ -1,6 +1,6 @@
 """Our bench app on the public gateway API.
 
-    .venv/bin/python -m bench.app --port P [--redis redis://127.0.0.1:R]
+    .venv/bin/python -m bench.app --port P [--redis redis://127.0.0.1:R] [--adapter classic|streams]
 
 The contract shared with every peer under test: a client emits `join` with a room name -> its
 socket joins that room; a client emits `publish` with `{room, t, seq, pad}` -> the server emits
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gateway.app import build_server
+from gateway.app import DEFAULT_RECOVERY_MS, build_server
 from gateway.config import Settings
 from gateway.ops.logs import setup_logging
 from gateway.runtime import run
@@ -44,11 +44,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--redis", default=None, help="Redis URL: join the cluster through @socket.io/redis-adapter's channels")
+    parser.add_argument(
+        "--adapter",
+        choices=("classic", "streams"),
+        default="classic",
+        help="streams: REDIS_MODE=streams (one Redis stream, as @socket.io/redis-streams-adapter) with connection state recovery on",
+    )
     args = parser.parse_args()
     # Built from defaults, not the environment, so a stray variable cannot skew a run; logging
     # stays at WARNING so the numbers measure the gateway and not the log sink. The standalone
     # gateway's own policy (auth, rate limits) lives in gateway.app and is not part of the contract.
-    settings = Settings(host=args.host, port=args.port, redis_url=args.redis, log_level="WARNING")
+    recovery: dict[str, Any] = {}
+    if args.adapter == "streams":  # the standalone gateway's default window; Node's peer runs 120 s too
+        recovery = {"redis_mode": "streams", "state_recovery_ms": DEFAULT_RECOVERY_MS}
+    settings = Settings(host=args.host, port=args.port, redis_url=args.redis, log_level="WARNING", **recovery)
     setup_logging(settings.log_level)
     server = build(settings)
     run(server.start, server.close)

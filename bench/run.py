@@ -13,6 +13,7 @@ Node.js socket.io, the issue's targets) and PNG plots.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -50,6 +51,9 @@ class Scenario:
     nodes: int = 1
     args: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # How the nodes share rooms: "classic" (@socket.io/redis-adapter's channels) or "streams"
+    # (one Redis stream as @socket.io/redis-streams-adapter, with connection state recovery on).
+    adapter: str = "classic"
 
     @property
     def clustered(self) -> bool:
@@ -68,12 +72,26 @@ def scenarios(scale: float = 1.0, duration: float = 3.0) -> dict[str, Scenario]:
         "cross-node": Scenario("cross-node", "fanout", 2, {"subscribers": n(1000), **timed}, "1 room x 1000 subscribers split over 2 nodes + Redis, publisher on node 1"),
         "rooms": Scenario("rooms", "rooms", 1, {"rooms": n(1000), "window": n(1000), **timed}, "1000 rooms x 2 members, every room publishing, one node"),
         "rooms-cross-node": Scenario("rooms-cross-node", "rooms", 2, {"rooms": n(1000), "window": n(1000), **timed}, "1000 rooms x 2 members, the two members of each room on different nodes + Redis"),
+        "rooms-cross-node-streams": Scenario(
+            "rooms-cross-node-streams",
+            "rooms",
+            2,
+            {"rooms": n(1000), "window": n(1000), **timed},
+            "rooms-cross-node over one Redis stream with connection state recovery on (ours REDIS_MODE=streams, Node @socket.io/redis-streams-adapter)",
+            adapter="streams",
+        ),
         "connections": Scenario("connections", "connections", 1, {"subscribers": n(10000), "idle": min(1.0, duration)}, "10000 idle connections, then 3 broadcasts to all"),
     }
 
 
+STREAMS_SERVERS = ("ours", "node")
+
+
 def servers_for(scenario: Scenario, wanted: list[str]) -> list[str]:
-    """The ceiling server has no cluster and no reason to hold idle connections."""
+    """The ceiling server has no cluster and no reason to hold idle connections; only ours and
+    Node.js have a streams adapter (python-socketio has none)."""
+    if scenario.adapter == "streams":
+        return [s for s in wanted if s in STREAMS_SERVERS]
     if scenario.clustered or scenario.loadgen == "connections":
         return [s for s in wanted if s != "ceiling"]
     return wanted
@@ -141,9 +159,13 @@ class ManagedProcess:
                 self.proc.wait(5)
 
 
-def server_command(kind: str, port: int, redis_url: str | None) -> list[str]:
+def server_command(kind: str, port: int, redis_url: str | None, adapter: str = "classic") -> list[str]:
     python = sys.executable
     extra = ["--redis", redis_url] if redis_url else []
+    if adapter != "classic":
+        if kind not in STREAMS_SERVERS:
+            raise BenchError(f"{kind} has no {adapter} adapter")
+        extra += ["--adapter", adapter]
     if kind == "ours":
         return [python, "-m", "bench.app", "--port", str(port), *extra]
     if kind == "pysio":
@@ -154,6 +176,8 @@ def server_command(kind: str, port: int, redis_url: str | None) -> list[str]:
             raise BenchError("node is not installed")
         if not (BENCH / "node" / "node_modules" / "socket.io").exists():
             raise BenchError("bench/node dependencies are missing: run `npm ci --prefix bench/node`")
+        if adapter == "streams" and not (BENCH / "node" / "node_modules" / "@socket.io" / "redis-streams-adapter").exists():
+            raise BenchError("@socket.io/redis-streams-adapter is missing: run `npm ci --prefix bench/node`")
         return [node, str(BENCH / "node" / "server.mjs"), "--port", str(port), *extra]
     if kind == "ceiling":
         if redis_url:
@@ -193,7 +217,7 @@ def run_one(kind: str, scenario: Scenario, log_dir: Path | None = None, timeout:
         redis_url = f"redis://{LOOPBACK}:{redis.port}" if redis else None
         nodes = []
         for port in free_ports(scenario.nodes):
-            node = ManagedProcess(kind, server_command(kind, port, redis_url), port, log_dir)
+            node = ManagedProcess(kind, server_command(kind, port, redis_url, scenario.adapter), port, log_dir)
             processes.append(node)
             nodes.append(node)
         for node in nodes:
@@ -273,7 +297,7 @@ def sweep(servers: list[str], names: list[str], repeats: int, scale: float, dura
                 result = run_one(kind, scenario, log_dir)
             except BenchError as exc:
                 result = {"error": str(exc)}
-            result.update({"sweep": sweep_id, "server": kind, "bench_scenario": scenario.name, "repeat": r, "nodes": scenario.nodes, "args": scenario.args})
+            result.update({"sweep": sweep_id, "server": kind, "bench_scenario": scenario.name, "repeat": r, "nodes": scenario.nodes, "adapter": scenario.adapter, "args": scenario.args})
             results.append(result)
             sink.write(json.dumps(result) + "\n")
             sink.flush()
@@ -291,7 +315,7 @@ def sweep(servers: list[str], names: list[str], repeats: int, scale: float, dura
             if not node_loads or "ours" not in servers or scenario.loadgen == "connections":
                 continue
             load = statistics.median(node_loads)
-            equal = Scenario(scenario.name, scenario.loadgen, scenario.nodes, {**scenario.args, "latency_deliveries_per_s": round(load, 1)}, scenario.description)
+            equal = dataclasses.replace(scenario, args={**scenario.args, "latency_deliveries_per_s": round(load, 1)})
             print(f"[equal load] {name} x ours at Node.js's latency load ({load:,.0f} deliveries/s) ...", flush=True)
             try:
                 result = run_one("ours", equal, log_dir)

@@ -1,7 +1,9 @@
 // The bench contract on Node.js socket.io 4.8 (+ @socket.io/redis-adapter 8.3 with --redis):
 // `join` (room) -> the socket joins it; `publish` ({room, t, seq, pad}) -> `message` with the same
 // object to every socket in that room. Started by bench/run.py as
-//   node bench/node/server.mjs --port P [--redis redis://127.0.0.1:R]
+//   node bench/node/server.mjs --port P [--redis redis://127.0.0.1:R] [--adapter classic|streams]
+// --adapter streams: @socket.io/redis-streams-adapter 0.3.1 with connection state recovery on
+// (what Node needs to recover across nodes), the peer of our REDIS_MODE=streams.
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
 import { Server } from "socket.io";
@@ -13,13 +15,24 @@ const { values } = parseArgs({
     port: { type: "string" },
     host: { type: "string", default: "127.0.0.1" },
     redis: { type: "string" },
+    adapter: { type: "string", default: "classic" },
   },
 });
 
 const httpServer = createServer();
 const options = { serveClient: false, maxHttpBufferSize: 1e6 };
 
-if (values.redis) {
+if (values.adapter !== "classic" && values.adapter !== "streams") {
+  console.error(`unknown --adapter ${values.adapter}: classic or streams`);
+  process.exit(2);
+}
+if (values.redis && values.adapter === "streams") {
+  const { createAdapter: createStreamsAdapter } = await import("@socket.io/redis-streams-adapter");
+  const client = createClient({ url: values.redis });
+  await client.connect();
+  options.adapter = createStreamsAdapter(client);
+  options.connectionStateRecovery = { maxDisconnectionDuration: 120000, skipMiddlewares: true };
+} else if (values.redis) {
   const pub = createClient({ url: values.redis });
   const sub = pub.duplicate();
   await Promise.all([pub.connect(), sub.connect()]);

@@ -53,9 +53,10 @@ def test_scenario_delivers_everything(smoke_results: dict[str, dict[str, Any]], 
 
 def test_cross_node_scenarios_really_cross(smoke_results: dict[str, dict[str, Any]]) -> None:
     # Half the subscribers sit on the second node, so deliveries there prove Redis carried them.
-    for name in ("cross-node", "rooms-cross-node"):
+    for name in ("cross-node", "rooms-cross-node", "rooms-cross-node-streams"):
         assert smoke_results[name]["nodes"] == 2
         assert TINY[name].nodes == 2
+    assert TINY["rooms-cross-node-streams"].adapter == "streams"
 
 
 def test_report_renders_the_runs(smoke_results: dict[str, dict[str, Any]], tmp_path: Path) -> None:
