@@ -47,6 +47,7 @@ from redis.exceptions import RedisError
 
 from .config import Settings
 from .redis.client import redis_client
+from .redis.supervision import Backoff, LinkState
 
 log = logging.getLogger("gateway.presence")
 
@@ -319,6 +320,8 @@ class RedisPresence(Presence):
         self.stale = False  # a write failed and is not re-applied: Redis holds a wrong view of this node
         self._resync_wanted = False  # set by a heartbeat that got through while stale; run by the writer
         self.resyncs = 0
+        # Its heartbeat retries on every tick (no backoff delay is used), but counts like one.
+        self.link = LinkState("presence", Backoff(self.tick_s, self.tick_s, self.settings.reconnect_attempts))
         self.reaped_nodes = 0
 
     @property
@@ -473,7 +476,17 @@ class RedisPresence(Presence):
 
     async def _beat(self) -> None:
         assert self.redis is not None
-        held = await self._heartbeat(keys=[self.alive_key, self.nodes_key, self.node_key], args=[self.alive_ms, self.node])
+        try:
+            held = await self._heartbeat(keys=[self.alive_key, self.nodes_key, self.node_key], args=[self.alive_ms, self.node])
+        except Exception as exc:
+            # The same link bookkeeping as the cluster's links, for /health: down since when,
+            # how many heartbeats in a row failed, why.
+            self.link.set_up(False)
+            self.link.backoff.failed()
+            self.link.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise
+        if self.link.set_up(True) or self.link.attempts:
+            self.link.backoff.succeeded()
         if held != len(self.local) + len(self.grace) and not self.ops:
             self.stale = True  # e.g. reaped by another node while our heartbeat could not get through
         if self.stale:
@@ -516,4 +529,5 @@ class RedisPresence(Presence):
             "pending": len(self.ops),
             "write_errors": self.failures,
             "resyncs": self.resyncs,
+            "link": self.link.health(),
         }

@@ -43,9 +43,9 @@ from protocol.resp import encode_publish, numsub_counts
 
 from ..config import Settings
 from ..redis.client import redis_client
-from ..redis.stream import RedisReplyError, SubscriberStream
+from ..redis.stream import RedisReplyError, RespStream, SubscriberStream
 from ..redis.supervision import ReplayGate, Verdict, Watchdog
-from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, PipelineStream, SupervisedLinks, info_figures
+from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
 
 log = logging.getLogger("gateway.cluster")
 
@@ -82,7 +82,7 @@ class ClassicTransport(SupervisedLinks):
         self.counted_by: dict[bytes, bytes] = {}
         self.pub: aioredis.Redis | None = None
         self._pubsub: Any = None
-        self._pub_stream: PipelineStream | None = None
+        self._pub_stream: RespStream | None = None
         self.node_tag = new_sharded_id()
         self.probe_channel = f"{self.prefix}-gateway-probe#{self.node_tag}#".encode()
         self.watchdog = Watchdog(settings.watchdog_ms / 1000, settings.outbox_max_age_ms / 1000)
@@ -395,9 +395,9 @@ class ClassicTransport(SupervisedLinks):
                     generation = self.sub_generation
                     stream = self._pub_stream
                     if stream is None:
-                        stream = self._pub_stream = PipelineStream(self.settings, keepalive=TCP_KEEPALIVE)
+                        stream = self._pub_stream = RespStream(self.settings, keepalive=TCP_KEEPALIVE)
                     try:
-                        receivers = await stream.run([encode_publish(channel, payload) for channel, payload, _ in batch])
+                        receivers = await stream.pipeline([encode_publish(channel, payload) for channel, payload, _ in batch])
                         low = min(receivers)  # a TypeError when a reply is an error
                     except BaseException as exc:
                         # Put the batch back in front, in order, for the next attempt, on a new

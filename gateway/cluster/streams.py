@@ -53,22 +53,6 @@ _XADD = b"XADD"
 _STREAM_CHANNEL = b""  # outbox marker of an entry that is already a whole command
 
 
-class PipelineStream(RespStream):
-    """Commands written in one go on one connection, their replies read in order."""
-
-    async def run(self, commands: list[bytes]) -> list[Any]:
-        await self._write(b"".join(commands))
-        replies: list[Any] = []
-        parser = self.parser
-        while len(replies) < len(commands):
-            reply = parser.gets()
-            if reply is False:
-                await self._fill()
-                continue
-            replies.append(reply)
-        return replies
-
-
 class StreamsTransport(SupervisedLinks):
     """One Redis stream for what must not be missed, PUBLISH for requests and answers; shared by
     the namespaces of one server (as 0.3.1's `createAdapter`, one reader for all of them)."""
@@ -87,7 +71,7 @@ class StreamsTransport(SupervisedLinks):
         self.commands: aioredis.Redis | None = None
         self.last_id: str | None = None  # the newest entry delivered (None until the reader starts)
         self.reader_up = False
-        self._pub: PipelineStream | None = None
+        self._pub: RespStream | None = None
         self._sub: SubscriberStream | None = None
         self._sub_changed = asyncio.Event()
         # figures for /metrics
@@ -330,7 +314,7 @@ class StreamsTransport(SupervisedLinks):
             try:
                 stream = self._pub
                 if stream is None:
-                    stream = self._pub = PipelineStream(self.settings, keepalive=TCP_KEEPALIVE, client_name="sio-gateway-stream-pub")
+                    stream = self._pub = RespStream(self.settings, keepalive=TCP_KEEPALIVE, client_name="sio-gateway-stream-pub")
                 await stream.open()
                 self.pub_up = True
                 self._link_restored("publisher", self._pub_attempts)
@@ -340,7 +324,7 @@ class StreamsTransport(SupervisedLinks):
                         return
                     started = time.perf_counter()
                     try:
-                        replies = await stream.run([command for _, command, _ in batch])
+                        replies = await stream.pipeline([command for _, command, _ in batch])
                     except BaseException:
                         # Back in front, in order, on a new connection. A batch Redis executed
                         # before the connection broke is appended again: at-least-once, as an

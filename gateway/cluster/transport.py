@@ -22,7 +22,6 @@ from protocol.cluster import Broadcast, Message, Response, Room
 
 from ..sio.adapter import AdapterError
 from ..config import Settings
-from ..redis.stream import RespStream
 from ..redis.supervision import LinkState, NodeLinks, Outbox, QueuedMessage, ReplayGate
 from ..rooms import RoomRegistry
 
@@ -67,24 +66,6 @@ class LinkStats:
                 self.publish_buckets[i] += 1
                 return
         self.publish_buckets[-1] += 1
-
-
-class PipelineStream(RespStream):
-    """Commands written in one go on a connection of its own, every reply kept, in order (an
-    error reply as a RespError value): a publish batch's receiver counts are compared with the
-    subscribed nodes."""
-
-    async def run(self, commands: list[bytes]) -> list[Any]:
-        await self._write(b"".join(commands))
-        replies: list[Any] = []
-        parser = self.parser
-        while len(replies) < len(commands):
-            reply = parser.gets()
-            if reply is False:
-                await self._fill()
-                continue
-            replies.append(reply)
-        return replies
 
 
 def info_figures(info: dict[str, Any]) -> dict[str, Any]:

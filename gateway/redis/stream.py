@@ -195,6 +195,20 @@ class RespStream:
         self.writer.write(data)
         await self.writer.drain()
 
+    async def pipeline(self, commands: list[bytes]) -> list[Any]:
+        """Encoded commands written in one go, every reply kept, in order (an error reply as a
+        RespError value): a publish batch's receiver counts, a batch of XADDs' ids."""
+        await self._write(b"".join(commands))
+        replies: list[Any] = []
+        parser = self.parser
+        while len(replies) < len(commands):
+            reply = parser.gets()
+            if reply is False:
+                await self._fill()
+                continue
+            replies.append(reply)
+        return replies
+
     async def execute(self, *args: bytes | str | int, timeout: float | None = None) -> Any:
         """One command and its reply, raised as RedisReplyError when it is an error. Not for a
         subscribed connection (its next reply may be a message)."""
@@ -335,13 +349,4 @@ class PublishStream(RespStream):
         """SPUBLISH every (channel, payload, queued_at) to this node; one reply per message, in
         order: the receiver count, or a RespError (MOVED, CLUSTERDOWN, ...) that the caller
         routes or retries."""
-        await self._write(b"".join([encode_spublish(channel, payload) for channel, payload, _ in batch]))
-        replies: list[Any] = []
-        parser = self.parser
-        while len(replies) < len(batch):
-            reply = parser.gets()
-            if reply is False:
-                await self._fill()
-                continue
-            replies.append(reply)
-        return replies
+        return await self.pipeline([encode_spublish(channel, payload) for channel, payload, _ in batch])

@@ -248,3 +248,27 @@ async def test_presence_answers_an_error_while_redis_refuses_writes(tmp_path: Pa
 
 async def _is(answer: Any, expected: Any) -> bool:
     return (await answer) == expected
+
+
+async def test_presence_link_health_follows_its_heartbeat(redis_server) -> None:
+    """Presence keeps the same link bookkeeping as the cluster's links: with Redis gone its
+    /health entry says the link is down, why and for how many heartbeats; back, it is up."""
+    from gateway.presence import RedisPresence
+
+    presence = RedisPresence(lambda *a: None, redis_server.url, "sio-test", 1000)
+    await presence.start()
+    try:
+        assert presence.health()["link"]["state"] == "up"
+        redis_server.stop()
+        deadline = asyncio.get_running_loop().time() + 5
+        while presence.health()["link"]["attempts"] < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        link = presence.health()["link"]
+        assert link["state"] == "down" and link["attempts"] >= 2 and link["last_error"]
+        redis_server.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        while presence.health()["link"]["state"] != "up" and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert presence.health()["link"] == {**presence.health()["link"], "state": "up", "attempts": 0}
+    finally:
+        await presence.close()
