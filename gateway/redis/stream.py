@@ -268,26 +268,27 @@ class SubscriberStream(RespStream):
         """PING on a subscribed connection; answered by a b"pong" push."""
         await self._write(encode_command(b"PING"))
 
+    async def _filled(self, timeout: float | None) -> bool:
+        """Read more bytes for the parser; False when `timeout` passed first."""
+        try:
+            if timeout is None:
+                await self._fill()
+            else:
+                async with asyncio.timeout(timeout):
+                    await self._fill()
+        except TimeoutError:
+            return False
+        return True
+
     async def get_push(self, ignore_subscribe_messages: bool = True, timeout: float | None = None) -> Push | None:
         parser = self.parser
         while True:
             reply = parser.gets()
             if reply is False:
-                try:
-                    if timeout is None:
-                        await self._fill()
-                    else:
-                        async with asyncio.timeout(timeout):
-                            await self._fill()
-                except TimeoutError:
+                if not await self._filled(timeout):
                     return None
                 continue
-            try:
-                push = parse_push(reply)
-            except RespError as exc:
-                raise RedisReplyError(str(exc)) from None
-            except RespProtocolError as exc:
-                raise StreamClosed(str(exc)) from None
+            push = _push_of(reply)
             kind = push.kind
             if kind == b"message" or kind == b"pmessage" or kind == b"smessage" or not ignore_subscribe_messages:
                 return push
@@ -299,13 +300,7 @@ class SubscriberStream(RespStream):
         while True:
             reply = parser.gets()
             if reply is False:
-                try:
-                    if timeout is None:
-                        await self._fill()
-                    else:
-                        async with asyncio.timeout(timeout):
-                            await self._fill()
-                except TimeoutError:
+                if not await self._filled(timeout):
                     return None
                 continue
             if type(reply) is list:
@@ -314,14 +309,19 @@ class SubscriberStream(RespStream):
                     return {"type": "pmessage", "pattern": reply[1], "channel": reply[2], "data": reply[3]}
                 if kind == b"message" and len(reply) == 3:
                     return {"type": "message", "pattern": None, "channel": reply[1], "data": reply[2]}
-            try:
-                push = parse_push(reply)
-            except RespError as exc:
-                raise RedisReplyError(str(exc)) from None
-            except RespProtocolError as exc:
-                raise StreamClosed(str(exc)) from None
+            push = _push_of(reply)
             if push.kind == b"smessage" or not ignore_subscribe_messages:
                 return {"type": push.kind.decode(), "pattern": push.pattern, "channel": push.channel, "data": push.data}
+
+
+def _push_of(reply: Any) -> Push:
+    """A pub/sub push from a parsed reply; an error reply or a malformed push ends the stream."""
+    try:
+        return parse_push(reply)
+    except RespError as exc:
+        raise RedisReplyError(str(exc)) from None
+    except RespProtocolError as exc:
+        raise StreamClosed(str(exc)) from None
 
 
 class PublishStream(RespStream):
