@@ -30,10 +30,16 @@ from typing import Any, Callable
 
 import orjson
 
+from bench.polling import SEPARATOR, HttpLink, PollingClient, handshake_request, parse_open, poll_request, post_head, post_request
+
 SCENARIOS = ("fanout", "rooms", "connections")
+# How the subscribers (fanout, connections) or room members (rooms) connect: WebSocket straight
+# away; HTTP long-polling only (bench/polling.py; publishers stay on WebSocket in fanout); or as a
+# default socket.io-client does (polling handshake, then the WebSocket upgrade).
+TRANSPORTS = ("websocket", "polling", "default")
 
 UPGRADE_REQUEST = (
-    "GET {path}?EIO=4&transport=websocket HTTP/1.1\r\n"
+    "GET {path}?EIO=4&transport=websocket{sid} HTTP/1.1\r\n"
     "Host: {host}:{port}\r\n"
     "Upgrade: websocket\r\n"
     "Connection: Upgrade\r\n"
@@ -64,6 +70,8 @@ def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
 
 SIO_CONNECT = client_frame(b"40")
 EIO_PONG = client_frame(b"3")
+PROBE = client_frame(b"2probe")
+UPGRADE = client_frame(b"5")
 
 
 # -- measurement ---------------------------------------------------------------------------------
@@ -94,11 +102,13 @@ class Sample:
     server_sys: float
     own_cpu: float
     delivered: int
+    by_pid: tuple[float, ...] = ()
 
     @classmethod
     def take(cls, gen: "Generator") -> "Sample":
         times = [process_cpu_seconds(p) for p in gen.server_pids]
-        return cls(time.perf_counter(), sum(u + s for u, s in times), sum(s for _, s in times), own_cpu_seconds(), gen.delivered)
+        by_pid = tuple(u + s for u, s in times)
+        return cls(time.perf_counter(), sum(by_pid), sum(s for _, s in times), own_cpu_seconds(), gen.delivered, by_pid)
 
 
 def window(a: Sample, b: Sample) -> dict[str, float]:
@@ -120,6 +130,9 @@ def window(a: Sample, b: Sample) -> dict[str, float]:
         "gen_cpu_s": round(own_cpu, 3),
         "gen_cpu_us_per_delivery": round(own_cpu * 1e6 / delivered, 3) if delivered else None,
         "gen_cpu_cores": round(own_cpu / wall, 3) if wall > 0 else 0.0,
+        # Per server process, in --server-pids order: bench.run splits nodes from Redis with it
+        # (per-node cost as the cluster grows; what a node with no room members pays).
+        "server_cpu_s_by_pid": [round(y - x, 4) for x, y in zip(a.by_pid, b.by_pid)],
     }
 
 
@@ -164,9 +177,9 @@ class Message:
 class Client(asyncio.Protocol):
     """One raw Engine.IO/Socket.IO connection."""
 
-    __slots__ = ("gen", "index", "transport", "upgraded", "buf", "ready", "connected", "closed", "received", "fragments")
+    __slots__ = ("gen", "index", "transport", "upgraded", "buf", "ready", "connected", "closed", "received", "fragments", "sid", "probed")
 
-    def __init__(self, gen: "Generator", index: int) -> None:
+    def __init__(self, gen: "Generator", index: int, sid: str = "") -> None:
         self.gen = gen
         self.index = index
         self.transport: asyncio.Transport | None = None
@@ -177,6 +190,10 @@ class Client(asyncio.Protocol):
         self.closed = False
         self.received = 0
         self.fragments: list[bytes] | None = None
+        # An upgrade of a polling session (a default client): the WebSocket names the session,
+        # sends `2probe` once open and resolves `probed` on `3probe`.
+        self.sid = sid
+        self.probed: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if sid else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -187,10 +204,21 @@ class Client(asyncio.Protocol):
         self.gen.closed_connections += 1
         if not self.connected.done():
             self.connected.set_exception(LoadgenError(f"connection {self.index} closed during handshake: {exc!r}"))
+        if self.probed is not None and not self.probed.done():
+            self.probed.set_exception(LoadgenError(f"connection {self.index} closed during the upgrade: {exc!r}"))
 
     def send(self, frame: bytes) -> None:
         if not self.closed:
             self.transport.write(frame)  # type: ignore[union-attr]
+
+    def send_packet(self, payload: bytes) -> None:
+        """One Engine.IO packet, framed (the interface the polling client shares)."""
+        if not self.closed:
+            self.transport.write(client_frame(payload))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.buf:
@@ -203,11 +231,17 @@ class Client(asyncio.Protocol):
                 return
             if not data.startswith(b"HTTP/1.1 101"):
                 status = data[: data.find(b"\r\n")].decode(errors="replace")
-                self.connected.set_exception(LoadgenError(f"upgrade refused: {status}"))
+                error = LoadgenError(f"upgrade refused: {status}")
+                if not self.connected.done():
+                    self.connected.set_exception(error)
+                if self.probed is not None and not self.probed.done():
+                    self.probed.set_exception(error)
                 self.transport.close()  # type: ignore[union-attr]
                 return
             self.upgraded = True
             data = data[end + 4 :]
+            if self.sid:
+                self.send(PROBE)
         now = time.perf_counter()
         n = len(data)
         pos = 0
@@ -270,6 +304,8 @@ class Client(asyncio.Protocol):
             self.send(SIO_CONNECT)
         elif payload[:1] == b"1":  # close
             self.transport.close()  # type: ignore[union-attr]
+        elif payload == b"3probe" and self.probed is not None and not self.probed.done():
+            self.probed.set_result(None)
 
 
 # -- the generator -------------------------------------------------------------------------------
@@ -295,7 +331,12 @@ class Plan:
     burst: int = 3
     idle: float = 1.0
     path: str = "/socket.io/"
+    transport: str = "websocket"
     server_pids: list[int] = field(default_factory=list)
+    # rooms: members only on the first `member_nodes` targets (0 = all of them); every further
+    # target holds `idle_clients` connections that join no room (what a non-member node pays).
+    member_nodes: int = 0
+    idle_clients: int = 0
 
 
 class Generator:
@@ -326,7 +367,9 @@ class Generator:
         target = self.targets_of[client.index]
         request = self._requests.get(target)
         if request is None:
-            request = self._requests[target] = UPGRADE_REQUEST.format(path=self.plan.path, host=target[0], port=target[1]).encode()
+            request = self._requests[target] = UPGRADE_REQUEST.format(path=self.plan.path, host=target[0], port=target[1], sid="").encode()
+        if client.sid:
+            return UPGRADE_REQUEST.format(path=self.plan.path, host=target[0], port=target[1], sid=f"&sid={client.sid}").encode()
         return request
 
     # -- inbound ---------------------------------------------------------------------------------
@@ -381,21 +424,29 @@ class Generator:
         publisher = clients[turn % len(clients)]
         message = self.pending[seq] = Message(seq, t, room, self.expected[room], warm, latencies)
         payload = b'42["publish",{"room":"r%d","t":%.6f,"seq":%d,"pad":"%s"}]' % (room, t, seq, self.pad)
-        publisher.send(client_frame(payload))
+        publisher.send_packet(payload)
         return message
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    async def connect(self, count: int, target_of: Callable[[int], int]) -> float:
-        """Open `count` clients (a bounded number of handshakes at once); returns the seconds."""
+    async def connect(self, count: int, target_of: Callable[[int], int], kind: str | None = None) -> float:
+        """Open `count` clients (a bounded number of handshakes at once); returns the seconds.
+        `kind` is one of TRANSPORTS, the plan's transport unless given."""
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(self.plan.connect_concurrency)
         first = len(self.clients)
+        kind = kind or self.plan.transport
 
-        async def one(i: int) -> Client:
+        async def one(i: int) -> Any:
             host, port = self.targets_of[i] = self.plan.targets[target_of(i)]
             async with gate:
-                _, client = await loop.create_connection(lambda: Client(self, i), host, port)
+                if kind == "polling":
+                    client: Any = PollingClient(self, i, (host, port), self.plan.path)
+                    await asyncio.wait_for(client.open(), 30)
+                elif kind == "default":
+                    return await asyncio.wait_for(self.connect_default(i, host, port), 30)
+                else:
+                    _, client = await loop.create_connection(lambda: Client(self, i), host, port)
                 await asyncio.wait_for(client.connected, 30)
             return client
 
@@ -405,8 +456,51 @@ class Generator:
         self.clients.extend(clients)
         return elapsed
 
-    def join(self, client: Client, room: int) -> None:
-        client.send(client_frame(b'42["join","r%d"]' % room))
+    async def connect_default(self, i: int, host: int | str, port: int) -> Client:
+        """What a default socket.io-client does: the polling handshake, `40` by POST and the
+        poll that brings the namespace's CONNECT, then (with a poll held, as the client keeps
+        one) a WebSocket on the same session: `2probe`, `3probe`, the held poll released by the
+        server, `5`. The HTTP connection is closed after the upgrade, as the client stops using it."""
+        loop = asyncio.get_running_loop()
+        path = self.plan.path
+        _, link = await loop.create_connection(HttpLink, host, port)
+        try:
+            status, body = await link.fetch(handshake_request(path, str(host), port))
+            if status != 200:
+                raise LoadgenError(f"handshake refused: {status} {body[:120]!r}")
+            info = parse_open(body)
+            if "websocket" not in info.get("upgrades", ()):
+                raise LoadgenError(f"the server offers no WebSocket upgrade: {body[:120]!r}")
+            sid = info["sid"]
+            status, body = await link.fetch(post_request(post_head(path, str(host), port, sid), b"40"))
+            if status != 200:
+                raise LoadgenError(f"POST 40 answered {status} {body[:120]!r}")
+            poll = poll_request(path, str(host), port, sid)
+            packets: list[bytes] = []
+            while not any(p[:2] == b"40" for p in packets):
+                status, body = await link.fetch(poll)
+                if status != 200:
+                    raise LoadgenError(f"poll answered {status} {body[:120]!r}")
+                packets = body.split(SEPARATOR)
+                if any(p[:2] == b"44" for p in packets):
+                    raise LoadgenError(f"namespace refused: {body[:120]!r}")
+            held = link.fetch(poll)
+            _, client = await loop.create_connection(lambda: Client(self, i, sid=sid), host, port)
+            await client.probed  # type: ignore[misc]
+            status, body = await held
+            now = time.perf_counter()
+            for packet in body.split(SEPARATOR):
+                if packet not in (b"6", b""):
+                    client.on_text(packet, now)
+            client.send(UPGRADE)
+            if not client.connected.done():
+                client.connected.set_result(None)
+            return client
+        finally:
+            link.close()
+
+    def join(self, client: Any, room: int) -> None:
+        client.send_packet(b'42["join","r%d"]' % room)
 
     async def warm_up(self, timeout: float = 30.0) -> float:
         """Publish into every room until every member has received something: proves the joins
@@ -539,7 +633,7 @@ class Generator:
             # not a member of the room.
             result["connect_s"] = round(await self.connect(plan.subscribers, lambda i: i % nodes), 3)
             subs = self.clients[:]
-            await self.connect(1, lambda i: 0)
+            await self.connect(1, lambda i: 0, kind="websocket")
             publisher = self.clients[-1]
             for c in subs:
                 self.join(c, 0)
@@ -548,8 +642,9 @@ class Generator:
         elif plan.scenario == "rooms":
             # Two members per room; with two nodes, one on each. Both members take turns
             # publishing, and each message reaches both (the sender is in the room).
-            result["connect_s"] = round(await self.connect(2 * plan.rooms, lambda i: i % nodes), 3)
+            result["connect_s"] = round(await self.connect(2 * plan.rooms, room_member_target(plan)), 3)
             members = [[self.clients[2 * r], self.clients[2 * r + 1]] for r in range(plan.rooms)]
+            await self.connect_idle(result)
             for r, pair in enumerate(members):
                 for c in pair:
                     self.join(c, r)
@@ -590,7 +685,7 @@ class Generator:
         result["connect_per_s"] = round(plan.subscribers / seconds, 1)
         self.log(f"connected {plan.subscribers} in {seconds:.2f}s; joining")
         subs = self.clients[:]
-        await self.connect(1, lambda i: 0)
+        await self.connect(1, lambda i: 0, kind="websocket")
         publisher = self.clients[-1]
         for c in subs:
             self.join(c, 0)
@@ -630,6 +725,18 @@ class Generator:
         self.finish(result)
         return result
 
+    async def connect_idle(self, result: dict[str, Any]) -> None:
+        """`idle_clients` connections on each target past the member nodes, in no room."""
+        plan = self.plan
+        members = plan.member_nodes or len(plan.targets)
+        extra = len(plan.targets) - members
+        if extra <= 0 or plan.idle_clients <= 0:
+            return
+        first = len(self.clients)
+        await self.connect(extra * plan.idle_clients, lambda i: members + (i - first) % extra)
+        result["idle_clients"] = extra * plan.idle_clients
+        result["member_nodes"] = members
+
     def finish(self, result: dict[str, Any]) -> None:
         result["lost"] = self.lost()
         result["unknown_messages"] = self.unknown
@@ -638,8 +745,26 @@ class Generator:
 
     def close(self) -> None:
         for c in self.clients:
-            if not c.closed and c.transport is not None:
-                c.transport.close()
+            c.close()
+
+
+def room_member_target(plan: Plan) -> Callable[[int], int]:
+    """Client 2r and 2r+1 are room r's members: on two different nodes among the first
+    `member_nodes` targets, room r's first member on node r mod M and its second one offset by
+    1 + (r div M) mod (M - 1), so every ordered pair of nodes carries the same number of rooms
+    (with two nodes: one member on each, as always)."""
+    nodes = plan.member_nodes or len(plan.targets)
+
+    def target(i: int) -> int:
+        if nodes < 2:
+            return 0
+        room, second = divmod(i, 2)
+        first = room % nodes
+        if not second:
+            return first
+        return (first + 1 + (room // nodes) % (nodes - 1)) % nodes
+
+    return target
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -655,7 +780,9 @@ def raise_fd_limit(needed: int) -> int:
 
 
 async def run_plan(plan: Plan) -> dict[str, Any]:
-    raise_fd_limit(max(plan.subscribers, 2 * plan.rooms) + 256)
+    # A polling client holds two connections (poll and POST), a default client two while it upgrades.
+    per_client = 1 if plan.transport == "websocket" else 2
+    raise_fd_limit(per_client * max(plan.subscribers, 2 * plan.rooms) + len(plan.targets) * plan.idle_clients + 256)
     gen = Generator(plan)
     try:
         return await gen.run()
@@ -684,6 +811,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pad", type=int, default=64)
     parser.add_argument("--burst", type=int, default=3, help="broadcasts to all in the connections scenario")
     parser.add_argument("--idle", type=float, default=1.0)
+    parser.add_argument("--transport", choices=TRANSPORTS, default="websocket", help="how subscribers / room members connect")
+    parser.add_argument("--member-nodes", type=int, default=0, help="rooms: members only on the first M targets (0 = all)")
+    parser.add_argument("--idle-clients", type=int, default=0, help="rooms: idle connections (no room) on each target past --member-nodes")
     args = parser.parse_args(argv)
     plan = Plan(
         scenario=args.scenario,
@@ -698,6 +828,9 @@ def main(argv: list[str] | None = None) -> None:
         pad=args.pad,
         burst=args.burst,
         idle=args.idle,
+        transport=args.transport,
+        member_nodes=args.member_nodes,
+        idle_clients=args.idle_clients,
         server_pids=[int(p) for p in args.server_pids.split(",") if p],
     )
     try:
