@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.run                     # the quick sweep `make bench` runs
     .venv/bin/python -m bench.run --servers ours,node --scenarios fanout --repeats 3
 
-Each run starts fresh server processes (and a redis-server for the cross-node scenarios) on free
-loopback ports, points `bench.loadgen` at them with their PIDs (CPU and memory are read from
-/proc for all of them, Redis included), and stops everything by PID. Results go to
+Each run starts fresh server processes (and a redis-server for the cross-node scenarios, or a
+3-master Redis Cluster for the sharded ones) on free loopback ports, points `bench.loadgen` at
+them with their PIDs (CPU and memory are read from /proc for all of them, Redis included), and
+stops everything by PID. Results go to
 `bench/results/`: `results.jsonl` (a JSON line per run), `results.md` (medians, ratios against
 Node.js socket.io, the issue's targets) and PNG plots.
 """
@@ -17,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -28,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -51,13 +53,23 @@ class Scenario:
     nodes: int = 1
     args: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    # How the nodes share rooms: "classic" (@socket.io/redis-adapter's channels) or "streams"
+    # How the nodes share rooms: "classic" (@socket.io/redis-adapter's channels), "sharded"
+    # (createShardedAdapter on a 3-master Redis Cluster, dynamic subscriptions) or "streams"
     # (one Redis stream as @socket.io/redis-streams-adapter, with connection state recovery on).
     adapter: str = "classic"
+    # The servers this scenario is for (empty: every server that can run it).
+    servers: tuple[str, ...] = ()
+    # A point of the cluster-size curve (rooms across 2, 3, 4 nodes): its line, "classic" or "sharded".
+    curve: str = ""
 
     @property
     def clustered(self) -> bool:
         return self.nodes > 1
+
+    @property
+    def member_nodes(self) -> int:
+        """Nodes holding room members; the others hold only idle connections (non-member cost)."""
+        return int(self.args.get("member_nodes") or self.nodes)
 
 
 def scenarios(scale: float = 1.0, duration: float = 3.0) -> dict[str, Scenario]:
@@ -71,7 +83,7 @@ def scenarios(scale: float = 1.0, duration: float = 3.0) -> dict[str, Scenario]:
         "fanout": Scenario("fanout", "fanout", 1, {"subscribers": n(1000), **timed}, "1 room x 1000 subscribers, one node"),
         "cross-node": Scenario("cross-node", "fanout", 2, {"subscribers": n(1000), **timed}, "1 room x 1000 subscribers split over 2 nodes + Redis, publisher on node 1"),
         "rooms": Scenario("rooms", "rooms", 1, {"rooms": n(1000), "window": n(1000), **timed}, "1000 rooms x 2 members, every room publishing, one node"),
-        "rooms-cross-node": Scenario("rooms-cross-node", "rooms", 2, {"rooms": n(1000), "window": n(1000), **timed}, "1000 rooms x 2 members, the two members of each room on different nodes + Redis"),
+        "rooms-cross-node": Scenario("rooms-cross-node", "rooms", 2, {"rooms": n(1000), "window": n(1000), **timed}, "1000 rooms x 2 members, the two members of each room on different nodes + Redis", curve="classic"),
         "rooms-cross-node-streams": Scenario(
             "rooms-cross-node-streams",
             "rooms",
@@ -81,20 +93,99 @@ def scenarios(scale: float = 1.0, duration: float = 3.0) -> dict[str, Scenario]:
             adapter="streams",
         ),
         "connections": Scenario("connections", "connections", 1, {"subscribers": n(10000), "idle": min(1.0, duration)}, "10000 idle connections, then 3 broadcasts to all"),
+        # Long-polling only (WebSocket blocked on the way), the issue's polling target: subscribers
+        # on HTTP long-polling, the publisher on WebSocket; one room, so a poll answer carries
+        # several broadcasts at saturation (the shared-records path). Ceiling speaks WebSocket only.
+        "polling": Scenario(
+            "polling",
+            "fanout",
+            1,
+            {"subscribers": n(500), "transport": "polling", **timed},
+            "1 room x 500 subscribers on HTTP long-polling only, publisher on WebSocket, one node",
+            servers=("ours", "node", "pysio"),
+        ),
+        # Chat behind such a proxy: both members of each room poll, and publish by POST.
+        "rooms-polling": Scenario(
+            "rooms-polling",
+            "rooms",
+            1,
+            {"rooms": n(500), "window": n(500), "transport": "polling", **timed},
+            "500 rooms x 2 members on HTTP long-polling only (they publish by POST), one node",
+            servers=("ours", "node", "pysio"),
+        ),
+        "connections-default": Scenario(
+            "connections-default",
+            "connections",
+            1,
+            {"subscribers": n(2000), "transport": "default", "idle": min(1.0, duration)},
+            "2000 default clients at once (polling handshake, POST 40, poll, WebSocket upgrade 2probe/3probe/5), then 3 broadcasts to all",
+        ),
+        **cluster_scenarios(n, timed),
     }
 
 
+def cluster_scenarios(n: Callable[[int], int], timed: dict[str, float]) -> dict[str, Scenario]:
+    """Rooms across a growing cluster, classic and sharded, and the cost of a node with no members.
+
+    The two members of each room sit on different nodes, round-robin over all of them
+    (bench.loadgen.room_member_target); 2 nodes classic is rooms-cross-node. Ours and Node.js
+    only: python-socketio has no sharded adapter, and the ceiling server no cluster."""
+    rooms = {"rooms": n(1000), "window": n(1000), **timed}
+    peers = ("ours", "node")
+    table = {
+        "rooms-cross-node-sharded": Scenario(
+            "rooms-cross-node-sharded",
+            "rooms",
+            2,
+            rooms,
+            "rooms-cross-node on a 3-master Redis Cluster: ours REDIS_MODE=sharded, Node createShardedAdapter (dynamic subscriptions)",
+            adapter="sharded",
+            servers=peers,
+            curve="sharded",
+        )
+    }
+    for nodes in (3, 4):
+        table[f"rooms-cross-node-{nodes}"] = Scenario(
+            f"rooms-cross-node-{nodes}", "rooms", nodes, rooms, f"1000 rooms x 2 members over {nodes} nodes (members of a room on different nodes) + Redis", servers=peers, curve="classic"
+        )
+        table[f"rooms-cross-node-sharded-{nodes}"] = Scenario(
+            f"rooms-cross-node-sharded-{nodes}",
+            "rooms",
+            nodes,
+            rooms,
+            f"1000 rooms x 2 members over {nodes} nodes on a 3-master Redis Cluster, sharded adapters",
+            adapter="sharded",
+            servers=peers,
+            curve="sharded",
+        )
+    table["rooms-non-member"] = Scenario(
+        "rooms-non-member",
+        "rooms",
+        3,
+        {**rooms, "member_nodes": 2, "idle_clients": n(1000)},
+        "rooms-cross-node on nodes 1-2 + a node 3 with 1000 idle connections and no room members (classic): node 3's CPU per message published",
+        servers=peers,
+    )
+    return table
+
+
 STREAMS_SERVERS = ("ours", "node")
+SHARDED_SERVERS = ("ours", "node")
 
 
 def servers_for(scenario: Scenario, wanted: list[str]) -> list[str]:
-    """The ceiling server has no cluster and no reason to hold idle connections; only ours and
-    Node.js have a streams adapter (python-socketio has none)."""
+    """The ceiling server has no cluster, no polling and no reason to hold idle connections; only ours and
+    Node.js have a streams and a sharded adapter (python-socketio has neither). Node.js runs
+    first, so ours can be measured at Node's latency load in the same sweep."""
+    if scenario.servers:
+        wanted = [s for s in wanted if s in scenario.servers]
     if scenario.adapter == "streams":
-        return [s for s in wanted if s in STREAMS_SERVERS]
-    if scenario.clustered or scenario.loadgen == "connections":
-        return [s for s in wanted if s != "ceiling"]
-    return wanted
+        wanted = [s for s in wanted if s in STREAMS_SERVERS]
+    elif scenario.adapter == "sharded":
+        wanted = [s for s in wanted if s in SHARDED_SERVERS]
+    if scenario.clustered or scenario.loadgen == "connections" or scenario.args.get("transport", "websocket") != "websocket":
+        wanted = [s for s in wanted if s != "ceiling"]  # the ceiling server speaks WebSocket only
+    return sorted(wanted, key=lambda s: s != "node")
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -159,10 +250,17 @@ class ManagedProcess:
                 self.proc.wait(5)
 
 
-def server_command(kind: str, port: int, redis_url: str | None, adapter: str = "classic") -> list[str]:
+def server_command(kind: str, port: int, redis_url: str | None, adapter: str = "classic", cluster_nodes: list[str] | None = None) -> list[str]:
+    """The command line of one node; `cluster_nodes` (host:port seeds) for the sharded adapter."""
     python = sys.executable
     extra = ["--redis", redis_url] if redis_url else []
-    if adapter != "classic":
+    if adapter == "sharded":
+        if kind not in SHARDED_SERVERS:
+            raise BenchError(f"{kind} has no sharded adapter")
+        if not cluster_nodes:
+            raise BenchError("the sharded adapter needs a Redis Cluster")
+        extra += ["--adapter", "sharded", "--redis-cluster", ",".join(cluster_nodes)]
+    elif adapter != "classic":
         if kind not in STREAMS_SERVERS:
             raise BenchError(f"{kind} has no {adapter} adapter")
         extra += ["--adapter", adapter]
@@ -197,6 +295,89 @@ def start_redis(log_dir: Path) -> ManagedProcess:
     return proc
 
 
+def cluster_ports(count: int) -> list[int]:
+    """Ports for cluster nodes: each also listens on its bus port P+10000, and Redis refuses
+    P > 55535, so the kernel's ephemeral ports (often above that) will not do."""
+
+    def bindable(port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                return False
+        return True
+
+    rng = random.Random()
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = rng.randrange(20000, 45000)
+        if all(abs(port - other) > 1 and abs(port + 10000 - other) > 1 for other in chosen) and bindable(port) and bindable(port + 10000):
+            chosen.append(port)
+    return chosen
+
+
+class RedisCluster:
+    """Three redis-server masters with --cluster-enabled yes, joined by `redis-cli --cluster
+    create`, each with its config in a temporary directory; stopped by PID."""
+
+    def __init__(self, log_dir: Path, masters: int = 3, timeout: float = 30.0) -> None:
+        self.log_dir = log_dir
+        self.masters = masters
+        self.timeout = timeout
+        self.processes: list[ManagedProcess] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="bench-redis-cluster-", dir=log_dir))
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"{LOOPBACK}:{p.port}" for p in self.processes]
+
+    def _cli(self, port: int, *args: str, timeout: float = 5.0) -> str:
+        try:
+            done = subprocess.run(["redis-cli", "-h", LOOPBACK, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return ""
+        return done.stdout + done.stderr
+
+    def start(self) -> "RedisCluster":
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise BenchError("redis-server and redis-cli are needed for the sharded scenarios")
+        deadline = time.monotonic() + self.timeout
+        try:
+            for port in cluster_ports(self.masters):
+                node_dir = self.workdir / str(port)
+                node_dir.mkdir()
+                cmd = [
+                    server, "--port", str(port), "--bind", LOOPBACK, "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
+                    "--save", "", "--appendonly", "no", "--dir", str(node_dir),
+                ]  # fmt: skip
+                self.processes.append(ManagedProcess("redis-cluster", cmd, port, self.log_dir))
+            for proc in self.processes:
+                proc.wait_listening(max(1.0, deadline - time.monotonic()))
+            created = subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes"], capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
+            if created.returncode != 0:
+                raise BenchError(f"redis-cli --cluster create failed: {(created.stdout + created.stderr)[-400:]}")
+            for proc in self.processes:
+                while True:
+                    info = self._cli(proc.port, "CLUSTER", "INFO")
+                    if "cluster_state:ok" in info and "cluster_slots_ok:16384" in info:
+                        break
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"Redis Cluster node {proc.port} not ok within {self.timeout}s: {info[:200]}")
+                    time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            proc.stop()
+        self.processes = []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 def raise_fd_limit() -> None:
     """Children (servers and the generator) inherit this: 10,000 connections need the room."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -205,19 +386,31 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def run_one(kind: str, scenario: Scenario, log_dir: Path | None = None, timeout: float = 240.0) -> dict[str, Any]:
-    """Start the servers for one run, drive them with the load generator, stop them."""
+def run_one(kind: str, scenario: Scenario, log_dir: Path | None = None, timeout: float = 240.0, redis_cluster: RedisCluster | None = None) -> dict[str, Any]:
+    """Start the servers for one run, drive them with the load generator, stop them.
+
+    A sharded scenario gets a fresh 3-master Redis Cluster unless `redis_cluster` (already
+    started, left running) is given: the smoke test starts one for all its sharded runs."""
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="bench-logs-"))
     processes: list[ManagedProcess] = []
+    redis_processes: list[ManagedProcess] = []
     redis = None
+    own_cluster = None
     try:
-        if scenario.clustered:
+        cluster_nodes = None
+        if scenario.adapter == "sharded":
+            if redis_cluster is None:
+                redis_cluster = own_cluster = RedisCluster(log_dir).start()
+            redis_processes = list(redis_cluster.processes)
+            cluster_nodes = redis_cluster.nodes
+        elif scenario.clustered:
             redis = start_redis(log_dir)
             processes.append(redis)
+            redis_processes = [redis]
         redis_url = f"redis://{LOOPBACK}:{redis.port}" if redis else None
         nodes = []
         for port in free_ports(scenario.nodes):
-            node = ManagedProcess(kind, server_command(kind, port, redis_url, scenario.adapter), port, log_dir)
+            node = ManagedProcess(kind, server_command(kind, port, redis_url, scenario.adapter, cluster_nodes), port, log_dir)
             processes.append(node)
             nodes.append(node)
         for node in nodes:
@@ -225,7 +418,9 @@ def run_one(kind: str, scenario: Scenario, log_dir: Path | None = None, timeout:
         cmd = [sys.executable, "-m", "bench.loadgen", scenario.loadgen]
         for node in nodes:
             cmd += ["--target", f"{LOOPBACK}:{node.port}"]
-        cmd += ["--server-pids", ",".join(str(p.pid) for p in processes)]
+        # Redis first, then the nodes in target order: split_cpu reads the per-PID CPU so.
+        measured = [*redis_processes, *nodes]
+        cmd += ["--server-pids", ",".join(str(p.pid) for p in measured)]
         for key, value in scenario.args.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -243,10 +438,43 @@ def run_one(kind: str, scenario: Scenario, log_dir: Path | None = None, timeout:
                 result.setdefault("error", f"{kind} exited during the run: {node.log_tail()}")
         if "error" in result:
             result["server_log"] = "\n".join(n.log_tail(10) for n in nodes)
+        else:
+            split_cpu(result, len(redis_processes), scenario)
         return result
     finally:
         for proc in reversed(processes):
             proc.stop()
+        if own_cluster is not None:
+            own_cluster.stop()
+
+
+def split_cpu(result: dict[str, Any], redis_count: int, scenario: Scenario) -> None:
+    """Per-node figures from the loadgen's per-PID CPU (Redis first, then the nodes):
+
+    - node_cpu_us_per_delivery_per_node: CPU of the nodes holding room members, per delivery,
+      divided by their number (how the cost of one node grows with the cluster; Redis apart);
+    - redis_cpu_us_per_delivery: every redis-server process together;
+    - non_member_us_per_message: in a run whose last nodes hold no room members, their CPU per
+      message published (each message reaches the two members of its room)."""
+    for phase in ("saturation", "latency_phase"):
+        window = result.get(phase)
+        if not isinstance(window, dict):
+            continue
+        by_pid = window.get("server_cpu_s_by_pid") or []
+        deliveries = window.get("deliveries") or 0
+        if len(by_pid) != redis_count + scenario.nodes or not deliveries:
+            continue
+        redis_cpu, node_cpu = by_pid[:redis_count], by_pid[redis_count:]
+        members = scenario.member_nodes
+        window["redis_cpu_s"] = round(sum(redis_cpu), 4)
+        window["node_cpu_s"] = node_cpu
+        window["redis_cpu_us_per_delivery"] = round(sum(redis_cpu) * 1e6 / deliveries, 3)
+        window["node_cpu_us_per_delivery"] = round(sum(node_cpu[:members]) * 1e6 / deliveries, 3)
+        window["node_cpu_us_per_delivery_per_node"] = round(sum(node_cpu[:members]) * 1e6 / members / deliveries, 3)
+        if members < scenario.nodes and scenario.loadgen == "rooms":
+            messages = deliveries / 2
+            window["messages"] = messages
+            window["non_member_us_per_message"] = round(statistics.mean(node_cpu[members:]) * 1e6 / messages, 3)
 
 
 # -- the sweep -----------------------------------------------------------------------------------
@@ -276,7 +504,27 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "node": version(["node", "--version"]),
         "redis": version(["redis-server", "--version"]),
+        "packages": package_versions(),
     }
+
+
+def package_versions() -> dict[str, str]:
+    """The versions that matter to the figures: ours' Python dependencies and the Node peers'."""
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for name in ("sio-gateway", "uvloop", "redis", "hiredis", "orjson", "msgpack", "python-socketio", "aiohttp"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    modules = BENCH / "node" / "node_modules"
+    for name in ("socket.io", "@socket.io/redis-adapter", "@socket.io/redis-streams-adapter", "redis"):
+        try:
+            found[f"node {name}"] = json.loads((modules / name / "package.json").read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return found
 
 
 def sweep(servers: list[str], names: list[str], repeats: int, scale: float, duration: float, out: Path) -> list[dict[str, Any]]:
@@ -285,6 +533,7 @@ def sweep(servers: list[str], names: list[str], repeats: int, scale: float, dura
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     table = scenarios(scale, duration)
     plan = [(table[name], kind, r) for r in range(repeats) for name in names for kind in servers_for(table[name], servers)]
+    print(f"{len(plan)} runs: " + ", ".join(f"{n} ({'/'.join(servers_for(table[n], servers))})" for n in names), flush=True)
     sweep_id = time.strftime("%Y%m%dT%H%M%S")
     results: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -293,42 +542,46 @@ def sweep(servers: list[str], names: list[str], repeats: int, scale: float, dura
         for i, (scenario, kind, r) in enumerate(plan, 1):
             print(f"[{i}/{len(plan)}] {scenario.name} x {kind} (repeat {r + 1}/{repeats}) ...", flush=True)
             t0 = time.monotonic()
+            run_scenario = scenario
+            # The issue measures latency at 50 % of each server's own saturation rate, so a
+            # faster server is measured under more load. For a like-for-like view, ours runs a
+            # second latency phase at the load Node.js had in its own (Node runs first).
+            load = node_latency_load(results, scenario.name) if kind == "ours" and scenario.loadgen != "connections" else None
+            if load:
+                run_scenario = dataclasses.replace(scenario, args={**scenario.args, "latency_deliveries_per_s": round(load, 1)})
             try:
-                result = run_one(kind, scenario, log_dir)
+                result = run_one(kind, run_scenario, log_dir)
             except BenchError as exc:
                 result = {"error": str(exc)}
-            result.update({"sweep": sweep_id, "server": kind, "bench_scenario": scenario.name, "repeat": r, "nodes": scenario.nodes, "adapter": scenario.adapter, "args": scenario.args})
+            result.update(
+                {
+                    "sweep": sweep_id,
+                    "server": kind,
+                    "bench_scenario": scenario.name,
+                    "repeat": r,
+                    "nodes": scenario.nodes,
+                    "member_nodes": scenario.member_nodes,
+                    "adapter": scenario.adapter,
+                    "curve": scenario.curve,
+                    "args": run_scenario.args,
+                }
+            )
             results.append(result)
             sink.write(json.dumps(result) + "\n")
             sink.flush()
-            print(f"    {summary(result)}  ({time.monotonic() - t0:.1f}s)", flush=True)
-        # The issue measures latency at 50 % of each server's own saturation rate, so a faster
-        # server is measured under more load. For a like-for-like view, ours is also measured at
-        # the load Node.js had in its own latency phase.
-        for name in names:
-            scenario = table[name]
-            node_loads = [
-                r["latency_phase"]["deliveries_per_s"]
-                for r in results
-                if r.get("bench_scenario") == name and r.get("server") == "node" and "error" not in r and r.get("latency_phase")
-            ]
-            if not node_loads or "ours" not in servers or scenario.loadgen == "connections":
-                continue
-            load = statistics.median(node_loads)
-            equal = dataclasses.replace(scenario, args={**scenario.args, "latency_deliveries_per_s": round(load, 1)})
-            print(f"[equal load] {name} x ours at Node.js's latency load ({load:,.0f} deliveries/s) ...", flush=True)
-            try:
-                result = run_one("ours", equal, log_dir)
-            except BenchError as exc:
-                result = {"error": str(exc)}
-            result.update({"sweep": sweep_id, "server": "ours", "bench_scenario": name, "repeat": -1, "equal_load": True, "nodes": scenario.nodes, "args": equal.args})
-            results.append(result)
-            sink.write(json.dumps(result) + "\n")
-            sink.flush()
-            equal_latency = result.get("latency_equal_load", {})
-            print(f"    p50 {equal_latency.get('p50_ms')} ms, p99 {equal_latency.get('p99_ms')} ms at {load:,.0f} deliveries/s", flush=True)
+            print(f"    {summary(result)}  ({time.monotonic() - t0:.1f}s, {time.monotonic() - started:.0f}s so far)", flush=True)
     print(f"sweep done in {time.monotonic() - started:.0f}s; server logs in {log_dir}", flush=True)
     return results
+
+
+def node_latency_load(results: list[dict[str, Any]], name: str) -> float | None:
+    """Median deliveries/s of Node.js's latency phases in this scenario so far (None: none)."""
+    loads = [
+        r["latency_phase"]["deliveries_per_s"]
+        for r in results
+        if r.get("bench_scenario") == name and r.get("server") == "node" and "error" not in r and r.get("latency_phase", {}).get("deliveries_per_s")
+    ]
+    return statistics.median(loads) if loads else None
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -340,6 +593,14 @@ def summary(result: dict[str, Any]) -> str:
         f"{sat.get('deliveries_per_s', 0):,.0f} deliveries/s, server {sat.get('server_cpu_us_per_delivery')} us/delivery, "
         f"generator {sat.get('gen_cpu_cores')} cores, p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms, lost {result.get('lost')}"
     )
+    if sat.get("node_cpu_us_per_delivery_per_node") is not None and result.get("nodes", 1) > 1:
+        text += f", per node {sat['node_cpu_us_per_delivery_per_node']} us/delivery, Redis {sat.get('redis_cpu_us_per_delivery')} us/delivery"
+    if sat.get("non_member_us_per_message") is not None:
+        text += f", non-member node {sat['non_member_us_per_message']} us/message"
+    equal = result.get("latency_equal_load")
+    if equal:
+        text += f", at Node's load ({equal.get('deliveries_per_s', 0):,.0f}/s) p50 {equal.get('p50_ms')} ms p99 {equal.get('p99_ms')} ms"
+
     if "rss_kib_per_connection" in result:
         text += f", {result['rss_kib_per_connection']} KiB/connection, {result['connect_per_s']:,.0f} connects/s"
     return text
