@@ -239,15 +239,26 @@ class ManagedProcess:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL; always reaps."""
+    def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL; always reaps."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def stop_all(processes: list[ManagedProcess]) -> None:
+    """SIGTERM to every one first (they close in parallel), then reap each, in reverse order."""
+    for proc in reversed(processes):
+        proc.terminate()
+    for proc in reversed(processes):
+        proc.stop()
 
 
 def server_command(kind: str, port: int, redis_url: str | None, adapter: str = "classic", cluster_nodes: list[str] | None = None) -> list[str]:
@@ -372,8 +383,7 @@ class RedisCluster:
         return self
 
     def stop(self) -> None:
-        for proc in self.processes:
-            proc.stop()
+        stop_all(self.processes)
         self.processes = []
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -442,8 +452,7 @@ def run_one(kind: str, scenario: Scenario, log_dir: Path | None = None, timeout:
             split_cpu(result, len(redis_processes), scenario)
         return result
     finally:
-        for proc in reversed(processes):
-            proc.stop()
+        stop_all(processes)
         if own_cluster is not None:
             own_cluster.stop()
 
