@@ -122,23 +122,49 @@ def _header(ptype: int, nsp: str, pid: int | None, attachments: int) -> str:
     return head
 
 
+_DATA_TYPES = frozenset({PacketType.EVENT, PacketType.ACK, PacketType.BINARY_EVENT, PacketType.BINARY_ACK})
+_PLAIN_TYPE = {
+    PacketType.EVENT: PacketType.EVENT,
+    PacketType.BINARY_EVENT: PacketType.EVENT,
+    PacketType.ACK: PacketType.ACK,
+    PacketType.BINARY_ACK: PacketType.ACK,
+}
+_BINARY_TYPE = {
+    PacketType.EVENT: PacketType.BINARY_EVENT,
+    PacketType.BINARY_EVENT: PacketType.BINARY_EVENT,
+    PacketType.ACK: PacketType.BINARY_ACK,
+    PacketType.BINARY_ACK: PacketType.BINARY_ACK,
+}
+
+
 def encode(packet: Packet) -> tuple[bytes, list[bytes]]:
     """Encode a packet into its text part and its binary attachments.
 
     EVENT/ACK packets whose data holds bytes become BINARY_EVENT/BINARY_ACK with placeholders;
     callers never need to pick the binary type themselves.
+
+    orjson is tried first: it refuses bytes at the first one it meets, so data without binary
+    (nearly every packet) is walked once, in C, instead of by `has_binary` and then again by
+    orjson. Only a refusal pays for the walk that tells binary from a value JSON cannot carry.
     """
     ptype = packet.type
     data = packet.data
     buffers: list[bytes] = []
-    if ptype in (PacketType.EVENT, PacketType.ACK, PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
-        if has_binary(data):
+    if ptype in _DATA_TYPES and data is None:
+        ptype = _PLAIN_TYPE[ptype]
+    elif ptype in _DATA_TYPES:
+        try:
+            body = orjson.dumps(data)
+        except TypeError:
+            if not has_binary(data):
+                return _encode_refused(data)
             data = _deconstruct(data, buffers)
-            ptype = PacketType.BINARY_EVENT if ptype in (PacketType.EVENT, PacketType.BINARY_EVENT) else PacketType.BINARY_ACK
-        elif ptype is PacketType.BINARY_EVENT:
-            ptype = PacketType.EVENT
-        elif ptype is PacketType.BINARY_ACK:
-            ptype = PacketType.ACK
+            ptype = _BINARY_TYPE[ptype]
+        else:
+            ptype = _PLAIN_TYPE[ptype]
+            if ptype is PacketType.EVENT and packet.nsp == "/" and packet.id is None:
+                return b"2" + body, buffers
+            return _header(ptype, packet.nsp, packet.id, 0).encode() + body, buffers
     head = _header(ptype, packet.nsp, packet.id, len(buffers)).encode()
     if data is None:
         return head, buffers
@@ -147,6 +173,15 @@ def encode(packet: Packet) -> tuple[bytes, list[bytes]]:
     except TypeError as exc:
         raise SocketIOError(f"value cannot be sent as JSON: {exc}") from None
     return head + body, buffers
+
+
+def _encode_refused(data: Any) -> tuple[bytes, list[bytes]]:
+    """Data without binary that orjson refused: the SocketIOError that says why."""
+    try:
+        orjson.dumps(data)
+    except TypeError as exc:
+        raise SocketIOError(f"value cannot be sent as JSON: {exc}") from None
+    raise SocketIOError("value cannot be sent as JSON")
 
 
 def encode_event(nsp: str, data: list[Any], pid: int | None = None) -> tuple[bytes, list[bytes]]:
@@ -181,6 +216,9 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+_PACKET_TYPES = tuple(PacketType)
+
+
 def decode_text(text: str, max_attachments: int = MAX_ATTACHMENTS) -> Packet:
     """Decode the text part of a packet. BINARY_* packets come back with `attachments` set and
     placeholders still in `data`; use `Decoder` to reassemble them.
@@ -194,7 +232,16 @@ def decode_text(text: str, max_attachments: int = MAX_ATTACHMENTS) -> Packet:
     c = text[0]
     if not ("0" <= c <= "6"):
         raise SocketIOError(f"unknown packet type {c!r}")
-    ptype = PacketType(ord(c) - 48)
+    if c == "2" and n > 2 and text[1] == "[":
+        # An event to the main namespace without an ack id: most of what clients send.
+        try:
+            payload = orjson.loads(text[1:])
+        except orjson.JSONDecodeError:
+            raise SocketIOError("invalid JSON payload") from None
+        if not _valid_payload(PacketType.EVENT, payload, True):
+            raise SocketIOError("invalid payload for EVENT")
+        return Packet(PacketType.EVENT, "/", payload)
+    ptype = _PACKET_TYPES[ord(c) - 48]
     i = 1
     attachments = 0
     if ptype in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):

@@ -40,6 +40,7 @@ __all__ = [
     "AdapterStats",
     "AdapterTimeout",
     "BroadcastOptions",
+    "NO_OPTIONS",
     "ROOM_EVENTS",
     "Room",
     "SessionAwareAdapter",
@@ -84,6 +85,10 @@ class BroadcastOptions:
         if self.timeout is not None:
             flags["timeout"] = int(self.timeout * 1000)
         return flags
+
+
+# The options of a broadcast to everyone, shared: operators are immutable, so one will do.
+NO_OPTIONS = BroadcastOptions()
 
 
 @dataclass(slots=True)

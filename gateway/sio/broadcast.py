@@ -4,13 +4,14 @@ acknowledgements of a broadcast that asks for them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any, Callable, Iterable
 
 from protocol import socketio as sio
 from protocol.cluster.messages import Room
 from protocol.socketio import PacketType
 
-from .adapter import Adapter, BroadcastOptions
+from .adapter import NO_OPTIONS, Adapter, BroadcastOptions
 from .handlers import AckTimeout, as_rooms, run_handler
 
 # How long a broadcast with acknowledgements waits without `.timeout(s)`.
@@ -82,23 +83,17 @@ class BroadcastOperator:
 
     def __init__(self, adapter: Adapter, opts: BroadcastOptions | None = None) -> None:
         self.adapter = adapter
-        self.opts = opts or BroadcastOptions()
+        self.opts = opts or NO_OPTIONS
 
     def _with(self, **changes: Any) -> "BroadcastOperator":
-        o = self.opts
-        values = {
-            "rooms": o.rooms,
-            "except_": o.except_,
-            "volatile": o.volatile,
-            "compress": o.compress,
-            "local": o.local,
-            "timeout": o.timeout,
-        }
-        values.update(changes)
-        return BroadcastOperator(self.adapter, BroadcastOptions(**values))
+        return BroadcastOperator(self.adapter, dataclasses.replace(self.opts, **changes))
 
     def to(self, room: Room | Iterable[Room]) -> "BroadcastOperator":
-        return self._with(rooms=self.opts.rooms | frozenset(as_rooms(room)))
+        opts = self.opts
+        if opts is NO_OPTIONS and (type(room) is str or type(room) is int):
+            # `io.to(room).emit(...)`, the chat's every message: one set, one options object.
+            return BroadcastOperator(self.adapter, BroadcastOptions(frozenset((room,))))
+        return self._with(rooms=opts.rooms | frozenset(as_rooms(room)))
 
     in_ = to
 

@@ -72,6 +72,8 @@ def run_handler(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except Exception:
         log.exception("handler_failed handler=%s", getattr(fn, "__qualname__", fn))
         return FAILED
+    if result is None:  # a plain handler that returned nothing: most calls, no awaitable check
+        return None
     if inspect.isawaitable(result):
         task = asyncio.ensure_future(result)
         task.add_done_callback(_log_task_error)
