@@ -75,7 +75,7 @@ class ClassicTransport(SupervisedLinks):
         self.specific_responses = settings.publish_on_specific_response_channel
         self.members: dict[str, ClusterMember] = {}
         self.channels: dict[bytes, tuple[ClusterMember, bool]] = {}  # channel -> (member, is request channel)
-        self.patterns: dict[bytes, tuple[ClusterMember, bytes]] = {}  # pattern -> (member, `P#N#`)
+        self.patterns: dict[bytes, tuple[ClusterMember, bytes, bytes]] = {}  # pattern -> (member, `P#N#`, own prefix)
         self.request_channels: dict[str, bytes] = {}
         # Channels every node of a namespace hears -> that namespace's request channel, whose
         # subscriber count (one per node) is what a publish on them is expected to reach.
@@ -107,7 +107,7 @@ class ClassicTransport(SupervisedLinks):
     def register(self, member: ClusterMember) -> None:
         name, prefix = member.name, self.prefix
         self.members[name] = member
-        self.patterns[broadcast_pattern(prefix, name).encode()] = (member, f"{prefix}#{name}#".encode())
+        self.patterns[broadcast_pattern(prefix, name).encode()] = (member, f"{prefix}#{name}#".encode(), classic.broadcast_prefix(member.uid))
         request = self.request_channels[name] = request_channel(prefix, name).encode()
         self.channels[request] = (member, True)
         general_response = response_channel(prefix, name).encode()
@@ -124,7 +124,7 @@ class ClassicTransport(SupervisedLinks):
         for channel, counted in list(self.counted_by.items()):
             if counted == request:
                 del self.counted_by[channel]
-        for pattern, (owner, _) in list(self.patterns.items()):
+        for pattern, (owner, *_) in list(self.patterns.items()):
             if owner is member:
                 del self.patterns[pattern]
         for channel, (owner, _) in list(self.channels.items()):
@@ -177,7 +177,7 @@ class ClassicTransport(SupervisedLinks):
     # -- subscriber ----------------------------------------------------------------------------
 
     async def _subscribe_member(self, pubsub: Any, member: ClusterMember) -> None:
-        patterns = [p for p, (owner, _) in self.patterns.items() if owner is member]
+        patterns = [p for p, (owner, *_) in self.patterns.items() if owner is member]
         channels = [c for c, (owner, _) in self.channels.items() if owner is member]
         await pubsub.psubscribe(*patterns)
         await pubsub.subscribe(*channels)
@@ -191,9 +191,8 @@ class ClassicTransport(SupervisedLinks):
         token = self.node_tag.encode()
         while not self._probe_waiter.done():
             await client.publish(self.probe_channel, token)
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-            if message is not None:
-                self._dispatch(message)
+            for reply in await pubsub.get_batch(timeout=0.2):
+                self._dispatch(reply)
             if time.monotonic() > deadline:
                 raise ConnectionError("subscription probe did not come back")
         self._probe_waiter = None
@@ -204,6 +203,7 @@ class ClassicTransport(SupervisedLinks):
 
     async def _subscriber_loop(self) -> None:
         watchdog = self.watchdog
+        dispatch = self._dispatch
         settle_time = self.settings.reconnect_max_ms / 1000 + 1.0
         while not self._closing:
             client = self._client()
@@ -219,9 +219,8 @@ class ClassicTransport(SupervisedLinks):
                 up_since = time.monotonic()
                 watchdog.start(up_since)
                 while not self._closing:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(1.0, watchdog.every))
-                    if message is not None:
-                        self._dispatch(message)
+                    for reply in await pubsub.get_batch(timeout=min(1.0, watchdog.every)):
+                        dispatch(reply)
                     now = time.monotonic()
                     if watchdog.probe_due(now):
                         watchdog.probe_sent(now)
@@ -286,7 +285,7 @@ class ClassicTransport(SupervisedLinks):
         channel not every node hears (an answer to one requester)."""
         request = self.counted_by.get(channel)
         if request is None:
-            for base, (member, prefix) in self.patterns.items():
+            for base, (member, prefix, _) in self.patterns.items():
                 if channel.startswith(prefix):
                     request = self.request_channels.get(member.name)
                     break
@@ -294,37 +293,41 @@ class ClassicTransport(SupervisedLinks):
                 return None
         return self.subscribed.get(request) if request is not None else None
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        """Route one message of the subscriber to its namespace; a malformed one is counted and
-        dropped, nothing escapes."""
+    def _dispatch(self, reply: list[Any]) -> None:
+        """Route one message of the subscriber (a raw `get_batch` array) to its namespace; a
+        malformed one is counted and dropped, nothing escapes."""
         self.stats.received += 1
         try:
-            kind = message["type"]
-            if kind == "pmessage":
-                target = self.patterns.get(message["pattern"])
+            if reply[0] == b"pmessage":
+                target = self.patterns.get(reply[1])
                 if target is not None:
-                    self._on_broadcast(target[0], target[1], message["channel"], message["data"])
-            elif kind == "message":
-                channel = message["channel"]
-                if channel == self.probe_channel:
-                    self.watchdog.probe_seen(time.monotonic())
-                    waiter = self._probe_waiter
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
-                    return
-                target = self.channels.get(channel)
-                if target is not None:
-                    member, is_request = target
-                    if is_request:
-                        member.on_message(classic.decode_request(message["data"], member.name))
-                    else:
-                        member.on_message(classic.decode_response(message["data"], member.name))
+                    member, base, own = target
+                    payload = reply[3]
+                    # Our own broadcasts come back through the pattern: told by their first
+                    # bytes ([uid, ...]) and dropped before any decoding.
+                    if not payload.startswith(own):
+                        self._on_broadcast(member, base, reply[2], payload)
+                return
+            channel = reply[1]
+            if channel == self.probe_channel:
+                self.watchdog.probe_seen(time.monotonic())
+                waiter = self._probe_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                return
+            target = self.channels.get(channel)
+            if target is not None:
+                member, is_request = target
+                if is_request:
+                    member.on_message(classic.decode_request(reply[2], member.name))
+                else:
+                    member.on_message(classic.decode_response(reply[2], member.name))
         except ClusterMessageError as exc:
             self.stats.bad_messages += 1
-            log.warning("cluster_bad_message channel=%r error=%r", message.get("channel"), str(exc))
+            log.warning("cluster_bad_message channel=%r error=%r", reply[-2], str(exc))
         except Exception:
             self.stats.bad_messages += 1
-            log.exception("cluster_message_failed channel=%r", message.get("channel"))
+            log.exception("cluster_message_failed channel=%r", reply[-2])
 
     def _on_broadcast(self, member: ClusterMember, base: bytes, channel: bytes, payload: bytes) -> None:
         if not channel.startswith(base):

@@ -243,8 +243,9 @@ class SubscriberStream(RespStream):
     """A dedicated subscriber connection with the small PubSub surface the links use.
 
     `get_message` returns dicts shaped like redis-py's (`type`, `pattern`, `channel`, `data`);
-    `get_push` returns `protocol.resp.Push` tuples (no dict per message). Both return at once,
-    without awaiting, while parsed messages are buffered, and None when `timeout` passes first."""
+    `get_push` returns `protocol.resp.Push` tuples (no dict per message); `get_batch` returns the
+    raw arrays of every buffered message at once. All return without awaiting while parsed
+    messages are buffered, and None (`get_batch`: []) when `timeout` passes first."""
 
     async def subscribe(self, *channels: bytes | str) -> None:
         await self._write(encode_subscription(b"SUBSCRIBE", *_names(channels)))
@@ -292,6 +293,32 @@ class SubscriberStream(RespStream):
             kind = push.kind
             if kind == b"message" or kind == b"pmessage" or kind == b"smessage" or not ignore_subscribe_messages:
                 return push
+
+    async def get_batch(self, timeout: float | None = None) -> list[list[Any]]:
+        """Every message already parsed or, when none is, those of the next read: raw
+        `[b"message", channel, data]`, `[b"pmessage", pattern, channel, data]` and
+        `[b"smessage", channel, data]` arrays, oldest first; [] when `timeout` passes first.
+
+        The broadcast path's reader: one await per read of the socket, not one per message, and
+        no object per message beyond what the parser built. Subscription confirmations and pongs
+        are checked and left out. A batch holds at most what one read brought (READ_CHUNK
+        bytes) plus what was already parsed."""
+        parser = self.parser
+        batch: list[list[Any]] = []
+        while True:
+            reply = parser.gets()
+            if reply is False:
+                if batch or not await self._filled(timeout):
+                    return batch
+                continue
+            if type(reply) is list:
+                kind = reply[0]
+                if (kind == b"pmessage" and len(reply) == 4) or (kind == b"message" and len(reply) == 3):
+                    batch.append(reply)
+                    continue
+            push = _push_of(reply)
+            if push.kind == b"smessage":
+                batch.append([b"smessage", push.channel, push.data])
 
     async def get_message(self, ignore_subscribe_messages: bool = True, timeout: float | None = None) -> dict[str, Any] | None:
         # The broadcast path's reader: message and pmessage are built straight from the parsed

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from ..errors import ClusterMessageError
 from .messages import (
     EMITTER_UID,
@@ -132,6 +134,13 @@ def encode_emitter_broadcast(
     options = BroadcastOptions() if opts is None else coerce_options(opts)
     packet = {"type": EVENT, "data": data, "nsp": nsp}
     return pack([uid, packet, options.to_wire(emitter_order=True)])
+
+
+def broadcast_prefix(uid: str) -> bytes:
+    """The first bytes of every broadcast node `uid` publishes on a broadcast channel (`[uid, `
+    in msgpack): a node hears its own broadcasts back through its pattern subscription and
+    tells them by this prefix without decoding them."""
+    return b"\x93" + msgpack.packb(uid, use_bin_type=True)
 
 
 def _broadcast_parts(payload: bytes | bytearray | memoryview) -> tuple[str, str, list[Any], BroadcastOptions, int]:
