@@ -679,10 +679,21 @@ class Generator:
         plan = self.plan
         nodes = len(plan.targets)
         rss_before = sum(process_rss_kib(p) for p in self.server_pids)
+        a = Sample.take(self)
         seconds = await self.connect(plan.subscribers, lambda i: i % nodes)
+        b = Sample.take(self)
         result["connect_s"] = round(seconds, 3)
         result["connections"] = plan.subscribers
         result["connect_per_s"] = round(plan.subscribers / seconds, 1)
+        # CPU while connecting: the server's per connection, and the generator's cores (near one,
+        # the storm measures the generator, not the server).
+        phase = window(a, b)
+        result["connect_phase"] = {
+            "server_cpu_s": phase["server_cpu_s"],
+            "server_cpu_us_per_connection": round(phase["server_cpu_s"] * 1e6 / plan.subscribers, 1),
+            "server_cpu_cores": phase["server_cpu_cores"],
+            "gen_cpu_cores": phase["gen_cpu_cores"],
+        }
         self.log(f"connected {plan.subscribers} in {seconds:.2f}s; joining")
         subs = self.clients[:]
         await self.connect(1, lambda i: 0, kind="websocket")
@@ -811,6 +822,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pad", type=int, default=64)
     parser.add_argument("--burst", type=int, default=3, help="broadcasts to all in the connections scenario")
     parser.add_argument("--idle", type=float, default=1.0)
+    parser.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in progress at once")
     parser.add_argument("--transport", choices=TRANSPORTS, default="websocket", help="how subscribers / room members connect")
     parser.add_argument("--member-nodes", type=int, default=0, help="rooms: members only on the first M targets (0 = all)")
     parser.add_argument("--idle-clients", type=int, default=0, help="rooms: idle connections (no room) on each target past --member-nodes")
@@ -829,6 +841,7 @@ def main(argv: list[str] | None = None) -> None:
         burst=args.burst,
         idle=args.idle,
         transport=args.transport,
+        connect_concurrency=args.connect_concurrency,
         member_nodes=args.member_nodes,
         idle_clients=args.idle_clients,
         server_pids=[int(p) for p in args.server_pids.split(",") if p],
