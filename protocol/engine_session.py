@@ -161,6 +161,9 @@ class _Control:
         self.ws = text_frame(text)
 
 
+# One bit per timer in `EngineSession._armed`, in the order of the enum.
+_BIT: dict[Timer, int] = {timer: 1 << i for i, timer in enumerate(Timer)}
+
 _PING = _Control(engineio.PING)
 _NOOP_BODY = engineio.encode_bytes(engineio.NOOP)
 _CLOSE_BODY = engineio.encode_bytes(engineio.CLOSE)
@@ -183,7 +186,7 @@ class EngineSession:
         "poll_held",
         "queue",
         "queued_bytes",
-        "timers",
+        "_armed",
         "ping_interval",
         "ping_timeout",
         "upgrade_timeout",
@@ -213,7 +216,7 @@ class EngineSession:
         self.poll_held = False  # a GET is held open, waiting for output
         self.queue: list[Payload] = []  # polling output not yet answered
         self.queued_bytes = 0  # the sum of `size` over `queue`
-        self.timers: set[Timer] = set()  # armed timers
+        self._armed = 0  # armed timers, one bit each (_BIT): no set per idle session
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.upgrade_timeout = upgrade_timeout
@@ -224,6 +227,12 @@ class EngineSession:
         self._flush_scheduled = False
         self._pong_awaited = False  # a ping is outstanding
         self._told_closed = False
+
+    @property
+    def timers(self) -> frozenset[Timer]:
+        """The armed timers."""
+        armed = self._armed
+        return frozenset(t for t, bit in _BIT.items() if armed & bit)
 
     @property
     def writable(self) -> bool:
@@ -315,9 +324,10 @@ class EngineSession:
 
     def timer_fired(self, timer: Timer) -> list[Output]:
         """A timer the machine armed has fired."""
-        if timer not in self.timers:
+        bit = _BIT[timer]
+        if not self._armed & bit:
             return []  # cancelled meanwhile
-        self.timers.discard(timer)
+        self._armed &= ~bit
         if timer is Timer.PING:
             return self._ping_due()
         if timer is Timer.PONG:
@@ -504,7 +514,7 @@ class EngineSession:
         return out
 
     def _cancel_upgrade_timers(self) -> list[Output]:
-        return [self._cancel(t) for t in (Timer.UPGRADE, Timer.UPGRADE_CHECK) if t in self.timers]
+        return [self._cancel(t) for t in (Timer.UPGRADE, Timer.UPGRADE_CHECK) if self._armed & _BIT[t]]
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -557,15 +567,16 @@ class EngineSession:
     # -- timers ----------------------------------------------------------------------------------
 
     def _set(self, timer: Timer, delay: float) -> SetTimer:
-        self.timers.add(timer)
+        self._armed |= _BIT[timer]
         return SetTimer(timer, delay)
 
     def _cancel(self, timer: Timer) -> CancelTimer:
-        self.timers.discard(timer)
+        self._armed &= ~_BIT[timer]
         return CancelTimer(timer)
 
     def _cancel_all(self) -> list[Output]:
-        cancelled: list[Output] = [CancelTimer(t) for t in Timer if t in self.timers]
-        self.timers.clear()
+        armed = self._armed
+        cancelled: list[Output] = [CancelTimer(t) for t, bit in _BIT.items() if armed & bit]
+        self._armed = 0
         self._pong_awaited = False
         return cancelled

@@ -28,6 +28,7 @@ from protocol.engineio import ErrorCode, RequestRejected
 
 from ..http import Request
 from .session import Receiver, Session
+from .timers import TimerWheel
 from .websocket import WebSocketTransport, WriteBatcher, handshake
 
 log = logging.getLogger("gateway.engine")
@@ -127,6 +128,8 @@ class EngineServer:
         self.sessions: dict[str, Session] = {}
         self.max_buffered_bytes = max_buffered_bytes
         self.stats = EngineStats()
+        # Every session's heartbeat timer (see timers.py): one loop timer instead of one each.
+        self.timer_wheel = TimerWheel()
         self.batcher = WriteBatcher(max_buffered_bytes, self.stats)
         self.batcher.on_overflow = self._websocket_overflow
         self.allow_request = allow_request
@@ -250,6 +253,7 @@ class EngineServer:
         self.sessions[sid] = session
         self.stats.sessions_opened += 1
         session.open(request)
+        request.forget_query()  # the session keeps the request (socket.handshake), not the dict
         try:
             session.receiver = self.on_connection(session)
         except Exception:

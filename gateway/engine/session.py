@@ -23,6 +23,7 @@ from protocol import engine_session as eio
 from protocol.engineio import ErrorCode
 
 from .outbound import Outbound
+from .timers import TimerWheel
 from .websocket import WebSocketTransport
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ class SessionHost(Protocol):
 
     def count_bad_packet(self, layer: str) -> None: ...
 
+    @property
+    def timer_wheel(self) -> TimerWheel: ...
+
 
 class Session:
     __slots__ = (
@@ -72,6 +76,8 @@ class Session:
         "request",
         "_loop",
         "_timers",
+        "_beat",
+        "_beat_tick",
     )
 
     def __init__(self, server: SessionHost, machine: eio.EngineSession, request: "Request") -> None:
@@ -84,7 +90,12 @@ class Session:
         self.receiver: Receiver | None = None
         self.request = request  # the handshake request (headers, query, address)
         self._loop = asyncio.get_running_loop()
-        self._timers: dict[eio.Timer, asyncio.TimerHandle] = {}
+        # The heartbeat timer (the next ping, or the pong awaited) is an entry of the endpoint's
+        # TimerWheel: one armed at a time, no handle of its own. The machine's other timers
+        # (upgrade, linger) are rare and short-lived: loop handles, in a dict made when needed.
+        self._beat: eio.Timer | None = None
+        self._beat_tick = 0
+        self._timers: dict[eio.Timer, asyncio.TimerHandle] | None = None
 
     @property
     def state(self) -> eio.State:
@@ -179,8 +190,15 @@ class Session:
         self._run(self.machine.close(reason))
 
     def _timer_fired(self, timer: eio.Timer) -> None:
-        self._timers.pop(timer, None)
+        if self._timers is not None:
+            self._timers.pop(timer, None)
         self._run(self.machine.timer_fired(timer))
+
+    def wheel_fired(self) -> None:
+        """The heartbeat timer's bucket came up on the endpoint's TimerWheel."""
+        timer, self._beat = self._beat, None
+        if timer is not None:
+            self._run(self.machine.timer_fired(timer))
 
     # -- carrying out ------------------------------------------------------------------------------
 
@@ -293,15 +311,32 @@ class Session:
         self.server.on_upgraded(self)
 
     def _set_timer(self, item: eio.SetTimer, request: "Request | None") -> None:
-        old = self._timers.pop(item.timer, None)
-        if old is not None:
-            old.cancel()
-        self._timers[item.timer] = self._loop.call_later(item.delay, self._timer_fired, item.timer)
+        timer = item.timer
+        self._disarm(timer)
+        if self._beat is None and timer in _HEARTBEAT:
+            self._beat = timer
+            self._beat_tick = self.server.timer_wheel.add(self, item.delay)
+            return
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = {}
+        timers[timer] = self._loop.call_later(item.delay, self._timer_fired, timer)
 
     def _cancel_timer(self, item: eio.CancelTimer, request: "Request | None") -> None:
-        handle = self._timers.pop(item.timer, None)
-        if handle is not None:
-            handle.cancel()
+        self._disarm(item.timer)
+
+    def _disarm(self, timer: eio.Timer) -> None:
+        if timer is self._beat:
+            self._beat = None
+            self.server.timer_wheel.discard(self, self._beat_tick)
+            return
+        timers = self._timers
+        if timers is not None:
+            handle = timers.pop(timer, None)
+            if handle is not None:
+                handle.cancel()
+            if not timers:
+                self._timers = None
 
     def _ended(self, item: eio.Ended, request: "Request | None") -> None:
         self.server.remove(self)
@@ -313,6 +348,11 @@ class Session:
             log.info("%s sid=%s %s", item.event, self.sid, item.detail)
         else:
             log.info("%s sid=%s", item.event, self.sid)
+
+
+# Timers that go on the wheel (one at a time per session; a second one, which the machine never
+# asks for, would take a loop handle like the rest).
+_HEARTBEAT = frozenset((eio.Timer.PING, eio.Timer.PONG))
 
 
 def _close_refused(ws: WebSocketTransport) -> None:
