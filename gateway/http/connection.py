@@ -26,6 +26,32 @@ _BAD_REQUEST_BODY = error_body(ErrorCode.BAD_REQUEST)
 _FEED_SLICE = 16 * 1024
 
 
+# Header names and values every client sends, as one shared string each: a session keeps its
+# handshake request's headers for its whole life (socket.handshake), and the same few names and
+# values decoded per connection cost some hundreds of bytes on every idle connection. The tables
+# are fixed; anything else is decoded as it comes.
+_COMMON_NAMES = (
+    "host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+    "sec-websocket-protocol", "user-agent", "accept", "accept-encoding", "accept-language", "origin", "cookie",
+    "content-type", "content-length", "cache-control", "pragma", "referer", "authorization", "x-forwarded-for",
+    "x-forwarded-proto", "x-real-ip", "forwarded", "transfer-encoding", "te", "dnt", "priority",
+    "sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest", "sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform",
+)
+
+
+def _spellings(name: str) -> tuple[str, ...]:
+    title = "-".join(part.capitalize() for part in name.split("-"))
+    return (name, title, title.replace("Websocket", "WebSocket"), title.replace("Ch-Ua", "CH-UA"), name.upper())
+
+
+_NAMES: dict[bytes, str] = {spelling.encode("latin-1"): name for name in _COMMON_NAMES for spelling in _spellings(name)}
+_VALUES: dict[bytes, str] = {
+    value.encode("latin-1"): value
+    for value in ("websocket", "WebSocket", "Upgrade", "upgrade", "keep-alive", "keep-alive, Upgrade", "Keep-Alive", "close", "13", "*/*", "gzip, deflate", "gzip, deflate, br", "no-cache", "permessage-deflate; client_max_window_bits")
+}
+_NO_PARTS: tuple[()] = ()
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is answered `status`."""
 
@@ -153,6 +179,10 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._phase = None
+        # A session may keep one of this connection's requests (its handshake) long after the
+        # connection is gone: it keeps `peer`, not the parser or the dead transport.
+        self.parser = None  # type: ignore[assignment]
+        self.transport = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -209,8 +239,8 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused(431, "header_bytes")
         if self._header_count > self.limits.max_headers:
             raise _Refused(431, "header_count")
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+        key = _NAMES.get(name) or name.decode("latin-1").lower()
+        text = _VALUES.get(value) or value.decode("latin-1")
         headers = self._headers
         if key in headers:
             # Collected and joined once in on_headers_complete: `+=` per repeat is quadratic.
@@ -532,6 +562,8 @@ class HttpConnection(asyncio.Protocol):
         if self._backlog is not None:
             rest, self._backlog = rest + self._backlog, None
         self.parser = None  # type: ignore[assignment]  # the HTTP parser is done with this connection
+        # Nor are its buffers (the headers live on in the request the session keeps).
+        self._url = self._body = _NO_PARTS  # type: ignore[assignment]
         self._upgraded = handler_factory(self.transport)
         if self._reading_paused:
             self._reading_paused = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import parse_qsl, unquote
 
@@ -62,7 +63,9 @@ class Request:
         self.method = method
         self.raw_path = raw_path
         path, _, qs = raw_path.partition("?")
-        self.path = unquote(path)
+        # Interned: every request of an endpoint has the same path, and a session keeps its
+        # handshake request (a string is dropped from the interned table with its last user).
+        self.path = sys.intern(unquote(path))
         self.query_string = qs
         self._query: dict[str, str] | None = None
         self.headers = headers
@@ -78,6 +81,11 @@ class Request:
         if self._query is None:
             self._query = dict(parse_qsl(self.query_string, keep_blank_values=True))
         return self._query
+
+    def forget_query(self) -> None:
+        """Drop the parsed query (parsed again if read again): for a request kept for the life
+        of a session, whose query was read once when it arrived."""
+        self._query = None
 
     @property
     def remote_address(self) -> str:
