@@ -30,6 +30,7 @@ from protocol.cluster import (
     SocketIds,
     SocketsJoin,
     SocketsLeave,
+    broadcast_channel,
     broadcast_pattern,
     classic,
     new_classic_id,
@@ -64,7 +65,9 @@ class ClassicTransport(SupervisedLinks):
     the publisher is down, cross-node messages wait in a bounded outbox and are replayed in order.
     """
 
-    watches_rooms = False
+    # Rooms are watched only to know their channel names: the pattern subscription hears every
+    # room, and a message for a room with no member here is dropped on its channel name alone.
+    watches_rooms = True
     carries = frozenset({Broadcast, SocketsJoin, SocketsLeave, DisconnectSockets, FetchSockets, ServerSideEmit, AllRooms, SocketIds, SingleSocket})
 
     def __init__(self, settings: Settings) -> None:
@@ -77,6 +80,11 @@ class ClassicTransport(SupervisedLinks):
         self.channels: dict[bytes, tuple[ClusterMember, bool]] = {}  # channel -> (member, is request channel)
         self.patterns: dict[bytes, tuple[ClusterMember, bytes, bytes]] = {}  # pattern -> (member, `P#N#`, own prefix)
         self.request_channels: dict[str, bytes] = {}
+        # `P#N#room#` -> how many local rooms have that channel (5 and "5" share one), for rooms
+        # with a member on this node; `numeric_rooms` counts local rooms that are numbers, whose
+        # channel another publisher may spell differently ("5.0"): only then a miss is re-checked.
+        self.room_channels: dict[bytes, int] = {}
+        self.numeric_rooms = 0
         # Channels every node of a namespace hears -> that namespace's request channel, whose
         # subscriber count (one per node) is what a publish on them is expected to reach.
         self.counted_by: dict[bytes, bytes] = {}
@@ -132,12 +140,22 @@ class ClassicTransport(SupervisedLinks):
                 del self.channels[channel]
 
     def watch(self, member: ClusterMember, room: Room) -> None:
-        """Rooms have no channels of their own here: the pattern covers them."""
+        """A room got its first local member: its channel now carries messages for us (the
+        pattern subscription already hears it; nothing is sent to Redis)."""
+        channel = broadcast_channel(self.prefix, member.name, [room]).encode()
+        self.room_channels[channel] = self.room_channels.get(channel, 0) + 1
+        if not isinstance(room, str):
+            self.numeric_rooms += 1
 
     def unwatch(self, member: ClusterMember, room: Room) -> None:
-        """Rooms have no channels of their own here: the pattern covers them."""
-
-    # -- lifecycle -----------------------------------------------------------------------------
+        channel = broadcast_channel(self.prefix, member.name, [room]).encode()
+        count = self.room_channels.get(channel, 0) - 1
+        if count > 0:
+            self.room_channels[channel] = count
+        else:
+            self.room_channels.pop(channel, None)
+        if not isinstance(room, str):
+            self.numeric_rooms -= 1
 
     def _client(self, socket_timeout: float | None = 5.0) -> aioredis.Redis:
         return redis_client(
@@ -302,11 +320,14 @@ class ClassicTransport(SupervisedLinks):
                 target = self.patterns.get(reply[1])
                 if target is not None:
                     member, base, own = target
-                    payload = reply[3]
+                    channel, payload = reply[2], reply[3]
                     # Our own broadcasts come back through the pattern: told by their first
-                    # bytes ([uid, ...]) and dropped before any decoding.
-                    if not payload.startswith(own):
-                        self._on_broadcast(member, base, reply[2], payload)
+                    # bytes ([uid, ...]) and dropped before any decoding. So is a broadcast to
+                    # one room without a member here (spec 2.3 rule 2): by its channel name.
+                    if payload.startswith(own):
+                        return
+                    if channel in self.room_channels or channel == base or self.numeric_rooms:
+                        self._on_broadcast(member, base, channel, payload)
                 return
             channel = reply[1]
             if channel == self.probe_channel:
