@@ -1,6 +1,6 @@
 """The benchmark sweep: every scenario against our gateway and its peers, on this box, in one run.
 
-    .venv/bin/python -m bench.run                     # the quick sweep `make bench` runs
+    .venv/bin/python -m bench.run                     # the sweep `make bench` runs (40 runs, ~8 min on 2 cores)
     .venv/bin/python -m bench.run --servers ours,node --scenarios fanout --repeats 3
 
 Each run starts fresh server processes (and a redis-server for the cross-node scenarios, or a
