@@ -366,7 +366,10 @@ class RedisCluster:
                 self.processes.append(ManagedProcess("redis-cluster", cmd, port, self.log_dir))
             for proc in self.processes:
                 proc.wait_listening(max(1.0, deadline - time.monotonic()))
-            created = subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes"], capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                created = subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes"], capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"redis-cli --cluster create did not finish within {self.timeout}s") from None
             if created.returncode != 0:
                 raise BenchError(f"redis-cli --cluster create failed: {(created.stdout + created.stderr)[-400:]}")
             for proc in self.processes:
