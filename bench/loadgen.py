@@ -753,6 +753,18 @@ class Generator:
         result["unknown_messages"] = self.unknown
         result["closed_connections"] = self.closed_connections
         result["published"] = self.seq
+        polled = [c for c in self.clients if isinstance(c, PollingClient)]
+        if polled:
+            # How much a server packs into one poll answer (a server that batches answers fewer,
+            # fuller polls for the same deliveries), over the whole run.
+            polls = sum(c.polls for c in polled)
+            events = sum(c.received for c in polled)
+            result["polling"] = {
+                "clients": len(polled),
+                "polls": polls,
+                "posts": sum(c.posts for c in polled),
+                "events_per_poll": round(events / polls, 2) if polls else None,
+            }
 
     def close(self) -> None:
         for c in self.clients:
