@@ -63,6 +63,7 @@ METRICS: dict[str, str] = {
     "lost": "lost",
     "kib": "rss_kib_per_connection",
     "cps": "connect_per_s",
+    "connect_us": "connect_phase.server_cpu_us_per_connection",
     # the gateway nodes only (Redis apart), per delivery and per node holding room members
     "node_us": "saturation.node_cpu_us_per_delivery_per_node",
     "redis_us": "saturation.redis_cpu_us_per_delivery",
@@ -270,11 +271,11 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     if storms:
         lines += [
             "",
-            "Connection storms: clients connecting all at once (how fast they were all connected), then the server RSS growth "
-            "per connection once they had joined a room and sat idle.",
+            "Connection storms: clients connecting all at once (how fast they were all connected, and the server CPU that "
+            "took per connection), then the server RSS growth per connection once they had joined a room and sat idle.",
             "",
-            "| scenario | server | connects/s | × Node | KiB per connection | × Node |",
-            "|---|---|---:|---:|---:|---:|",
+            "| scenario | server | connects/s | × Node | server CPU µs per connect | × Node | KiB per connection | × Node |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for scenario in storms:
             node = cells.get((scenario, "node"))
@@ -284,6 +285,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                     continue
                 lines.append(
                     f"| {scenario} | {SERVER_LABELS[server]} | {_fmt(cell['cps'])} | {_ratio(cell['cps'], node['cps'] if node else None)} | "
+                    f"{_fmt(cell['connect_us'])} | {_ratio(cell['connect_us'], node['connect_us'] if node else None)} | "
                     f"{_fmt(cell['kib'], 2)} | {_ratio(cell['kib'], node['kib'] if node else None)} |"
                 )
 
