@@ -25,6 +25,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Iterator, Protocol, Union
 
+import orjson
+
 from . import engineio
 from .engine_outputs import (  # the machine's vocabulary, re-exported for its users
     ABORT_POLL,
@@ -169,6 +171,24 @@ _NOOP_BODY = engineio.encode_bytes(engineio.NOOP)
 _CLOSE_BODY = engineio.encode_bytes(engineio.CLOSE)
 _PROBE_PONG_FRAME = text_frame(engineio.encode_bytes(engineio.Packet(PacketType.PONG, "probe")))
 
+# The OPEN packet around its sid, per configuration: what `Handshake.to_packet` encodes, split
+# once (every session of an endpoint has the same configuration; a few entries at most).
+_OPEN_TEMPLATES: dict[tuple[tuple[str, ...], int, int, int], tuple[bytes, bytes]] = {}
+_SID_MARK = "\x01sid\x01"
+
+
+def _open_template(upgrades: tuple[str, ...], ping_interval: int, ping_timeout: int, max_payload: int) -> tuple[bytes, bytes]:
+    key = (upgrades, ping_interval, ping_timeout, max_payload)
+    template = _OPEN_TEMPLATES.get(key)
+    if template is None:
+        hello = engineio.Handshake(_SID_MARK, upgrades, ping_interval, ping_timeout, max_payload).to_packet()
+        prefix, _, suffix = engineio.encode_bytes(hello).partition(orjson.dumps(_SID_MARK))
+        if len(_OPEN_TEMPLATES) >= 16:
+            _OPEN_TEMPLATES.clear()  # bounded: configurations come from settings, not clients
+        template = _OPEN_TEMPLATES[key] = (prefix, suffix)
+    return template
+
+
 # Reasons after which a polling close does not wait for a GET to collect its `1`: the client
 # is gone or broke the protocol.
 _ABRUPT = ("ping timeout", "transport error", "parse error")
@@ -245,14 +265,13 @@ class EngineSession:
     def open(self) -> list[Output]:
         """The handshake: the OPEN packet on the session's first transport, and the first ping."""
         websocket = self.state is State.WEBSOCKET
-        hello = engineio.Handshake(
-            sid=self.sid,
-            upgrades=("websocket",) if not websocket and self.allow_upgrades else (),
-            ping_interval=round(self.ping_interval * 1000),
-            ping_timeout=round(self.ping_timeout * 1000),
-            max_payload=self.max_payload,
-        ).to_packet()
-        text = engineio.encode_bytes(hello)
+        prefix, suffix = _open_template(
+            ("websocket",) if not websocket and self.allow_upgrades else (),
+            round(self.ping_interval * 1000),
+            round(self.ping_timeout * 1000),
+            self.max_payload,
+        )
+        text = prefix + orjson.dumps(self.sid) + suffix
         first: Output = WriteWs(text_frame(text)) if websocket else Reply(text)
         return [first, self._set(Timer.PING, self.ping_interval)]
 

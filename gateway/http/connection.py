@@ -552,7 +552,8 @@ class HttpConnection(asyncio.Protocol):
 
     def take_over(self, response_head: bytes, handler_factory: Callable[[asyncio.Transport], Upgraded], rest: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(response_head)
+        if response_head:  # empty when the new protocol writes the 101 itself, with its first bytes
+            self.transport.write(response_head)
         self._current = None
         self._upgrade_pending = False
         self._phase = None

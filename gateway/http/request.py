@@ -79,7 +79,7 @@ class Request:
     @property
     def query(self) -> dict[str, str]:
         if self._query is None:
-            self._query = dict(parse_qsl(self.query_string, keep_blank_values=True))
+            self._query = parse_query(self.query_string)
         return self._query
 
     def forget_query(self) -> None:
@@ -116,9 +116,25 @@ class Request:
         self.conn.send_response(self, status, body, headers or [], content_type, close)
 
     def upgrade(self, response_head: bytes, handler_factory: Callable[[asyncio.Transport], Upgraded], rest: bytes) -> None:
-        """Write the 101 response and hand the connection (and bytes already read) to a handler."""
+        """Write the 101 response and hand the connection (and bytes already read) to a handler;
+        `response_head` may be empty when the handler queues the 101 itself, ahead of its first
+        bytes."""
         self.answered = True
         self.conn.take_over(response_head, handler_factory, rest)
+
+
+def parse_query(qs: str) -> dict[str, str]:
+    """`dict(parse_qsl(qs, keep_blank_values=True))`, without its per-pair work for the plain
+    query strings every Engine.IO request carries (`EIO=4&transport=polling&sid=...`): with no
+    escape (`%`, `+`) there is nothing to decode, only to split."""
+    if "%" in qs or "+" in qs:
+        return dict(parse_qsl(qs, keep_blank_values=True))
+    query: dict[str, str] = {}
+    for pair in qs.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            query[name] = value
+    return query
 
 
 Handler = Callable[[Request], Any]

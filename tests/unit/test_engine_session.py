@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 
 from protocol import engine_session as eio
+from protocol import engineio
+from protocol.engine_session import Reply, WriteWs
 from protocol.engine_session import EngineSession, State, Timer
 from protocol.engineio import ErrorCode, Handshake, decode_text
 from protocol.wsframe import text_frame
@@ -486,3 +488,20 @@ def test_get_while_closing_gets_close_and_ends_the_session() -> None:
     assert m.state is State.CLOSING
     out = m.receive_get()
     assert out[0] == eio.Reply(b"1") and eio.Ended() in out
+
+
+@pytest.mark.parametrize("websocket", [True, False])
+@pytest.mark.parametrize("allow_upgrades", [True, False])
+def test_open_packet_is_the_handshake_encoding(websocket: bool, allow_upgrades: bool) -> None:
+    """The OPEN packet comes from a per-configuration template; it must be byte for byte what
+    `Handshake.to_packet` encodes, for any sid."""
+    for sid in ("abcDEF_-12345678901", 'q"uo\\te'):
+        m = EngineSession(sid, websocket=websocket, ping_interval=0.3, ping_timeout=0.2, max_payload=1234, allow_upgrades=allow_upgrades)
+        first = m.open()[0]
+        expected = engineio.encode_bytes(
+            engineio.Handshake(sid, ("websocket",) if not websocket and allow_upgrades else (), 300, 200, 1234).to_packet()
+        )
+        if websocket:
+            assert first == WriteWs(text_frame(expected))
+        else:
+            assert first == Reply(expected)

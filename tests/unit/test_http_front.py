@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from gateway.api import AuthFailureThrottle
 from gateway.http import HttpConnection, HttpLimits, Request, Router
 
@@ -64,3 +66,16 @@ def test_auth_throttle_off_at_zero() -> None:
     throttle = AuthFailureThrottle(per_minute=0, max_tracked=10)
     assert not any(throttle.failed("10.0.0.1") for _ in range(100))
     assert throttle.retry_after("10.0.0.1") is None and len(throttle) == 0
+
+
+@pytest.mark.parametrize(
+    "qs",
+    ["EIO=4&transport=polling&sid=abc", "", "a", "a=", "=b", "a=b=c", "&&a=1&&", "a=1&a=2", "a;b=1", "x=%20y", "x=a+b", "é=ü", "a=1&b", "k=%zz", "a=%2B&b=+"],
+)
+def test_parse_query_is_parse_qsl(qs: str) -> None:
+    """The split-only path for plain query strings answers what parse_qsl answers."""
+    from urllib.parse import parse_qsl
+
+    from gateway.http.request import parse_query
+
+    assert parse_query(qs) == dict(parse_qsl(qs, keep_blank_values=True))
