@@ -8,6 +8,12 @@ and then only splits frames and looks at two bytes per message. A broadcast reac
 subscriber as the same bytes, so its JSON is parsed once (cached by payload) and each further
 delivery costs a dict lookup; no client library, no per-socket task.
 
+`--transport polling` puts the subscribers (fanout; the publisher stays on WebSocket) or the room
+members (rooms; they publish by POST) on HTTP long-polling only (bench/polling.py, as cheap);
+`--transport default` connects as a default socket.io-client does (polling handshake, `40` by
+POST, the poll bringing the CONNECT, then the WebSocket upgrade `2probe`/`3probe`/`5` with a poll
+held), for the connections scenario's storm.
+
 Every scenario runs the same phases, each bounded in time:
   connect -> join -> warm-up (publish until every subscriber has received something, which also
   proves the joins happened) -> saturation (a window of messages in flight; deliveries/s and server
