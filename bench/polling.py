@@ -78,7 +78,7 @@ class HttpLink(asyncio.Protocol):
     the callback queued with its request. Only Content-Length bodies (what Node.js, aiohttp and
     our gateway send for Engine.IO); anything else fails the link."""
 
-    __slots__ = ("transport", "buf", "waiting", "closed", "on_lost", "last_used")
+    __slots__ = ("transport", "buf", "waiting", "closed", "on_lost", "last_used", "fetching")
 
     def __init__(self, on_lost: Callable[["HttpLink", Exception | None], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -87,6 +87,9 @@ class HttpLink(asyncio.Protocol):
         self.closed = False
         self.on_lost = on_lost
         self.last_used = time.monotonic()
+        # Set-up requests awaited as futures: failed at once if the connection goes, instead of
+        # leaving their caller to its timeout.
+        self.fetching: set[asyncio.Future[tuple[int, bytes]]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -103,11 +106,19 @@ class HttpLink(asyncio.Protocol):
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
 
         def done(status: int, body: bytes) -> None:
+            self.fetching.discard(future)
             if not future.done():
                 future.set_result((status, body))
 
         self.request(data, done)
+        self.fetching.add(future)
         return future
+
+    def _fail_fetches(self, exc: Exception | None) -> None:
+        for future in self.fetching:
+            if not future.done():
+                future.set_exception(PollingError(f"HTTP connection lost before its response: {exc!r}"))
+        self.fetching.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.buf:
@@ -146,6 +157,7 @@ class HttpLink(asyncio.Protocol):
 
     def fail(self, reason: str) -> None:
         self.closed = True
+        self._fail_fetches(PollingError(reason))
         if self.transport is not None:
             self.transport.close()
         if self.on_lost is not None:
@@ -160,6 +172,7 @@ class HttpLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._fail_fetches(exc)
         if self.on_lost is not None:
             self.on_lost(self, exc)
             self.on_lost = None
