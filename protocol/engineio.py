@@ -17,7 +17,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
+from typing import NamedTuple, Union
 
 import orjson
 
@@ -225,12 +225,15 @@ def error_status(code: ErrorCode) -> int:
     return 403 if code is ErrorCode.FORBIDDEN else 400
 
 
-@dataclass(frozen=True, slots=True)
-class RequestCheck:
-    """What the query string of an Engine.IO request says, once validated."""
+class RequestCheck(NamedTuple):
+    """What the query string of an Engine.IO request says, once validated (a tuple: made for
+    every request, polls included)."""
 
     transport: str
     sid: str | None
+
+
+_EIO_VERSION = str(PROTOCOL_VERSION)
 
 
 TRANSPORTS = ("polling", "websocket")
@@ -248,7 +251,7 @@ def check_request(query: dict[str, str], method: str, upgrade: bool) -> RequestC
     Raises RequestRejected with the protocol's error code; the caller maps it to a response.
     """
     eio = query.get("EIO")
-    if eio != str(PROTOCOL_VERSION):
+    if eio != _EIO_VERSION:
         raise RequestRejected(ErrorCode.UNSUPPORTED_PROTOCOL_VERSION, f"EIO={eio!r} is not supported")
     transport = query.get("transport")
     if transport not in TRANSPORTS:

@@ -35,6 +35,9 @@ from .websocket import WebSocketTransport, WriteBatcher, handshake
 log = logging.getLogger("gateway.engine")
 
 
+_NO_STORE = [("Cache-Control", "no-store")]  # every poll answer's header (never mutated)
+
+
 class HandshakeRequest:
     """What an `allow_request` hook sees of a handshake request (both transports).
 
@@ -339,7 +342,7 @@ class EngineServer:
 
     def respond_poll(self, request: Request, body: bytes) -> None:
         self.stats.bytes_out += len(body)
-        request.respond(200, body, self._cors_headers(request) + [("Cache-Control", "no-store")])
+        request.respond(200, body, self._cors_headers(request) + _NO_STORE if self.cors_origins else _NO_STORE)
 
     def respond_ok(self, request: Request) -> None:
         request.respond(200, b"ok", self._cors_headers(request), content_type="text/html")

@@ -52,6 +52,30 @@ _VALUES: dict[bytes, str] = {
 _NO_PARTS: tuple[()] = ()
 
 
+# Response heads around their Content-Length, by (status, content type, headers, keep-alive):
+# every poll answer of an endpoint has the same head but for its length. Bounded (CORS
+# reflects the request's origin, one of the configured ones, into the headers).
+_HEADS: dict[tuple[int, str, tuple[tuple[str, str], ...], bool], tuple[bytes, bytes]] = {}
+_HEADS_MAX = 256
+
+
+def _response_head(key: tuple[int, str, tuple[tuple[str, str], ...], bool]) -> tuple[bytes, bytes]:
+    status, content_type, headers, keep_alive = key
+    rest = []
+    if content_type:
+        rest.append(f"Content-Type: {content_type}")
+    for name, value in headers:
+        rest.append(f"{name}: {value}")
+    if not keep_alive:
+        rest.append("Connection: close")
+    first = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Length: ".encode("latin-1")
+    parts = (first, ("".join(f"\r\n{line}" for line in rest) + "\r\n\r\n").encode("latin-1"))
+    if len(_HEADS) >= _HEADS_MAX:
+        _HEADS.clear()
+    _HEADS[key] = parts
+    return parts
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is answered `status`."""
 
@@ -440,7 +464,7 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             result = handler(request)
-            if asyncio.iscoroutine(result):
+            if result is not None and asyncio.iscoroutine(result):
                 task = asyncio.get_running_loop().create_task(result)
                 task.add_done_callback(lambda t, r=request: self._handler_done(t, r))
         except Exception:
@@ -492,15 +516,12 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         keep_alive = request.keep_alive and not close
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-        head.append(f"Content-Length: {len(body)}")
-        if content_type:
-            head.append(f"Content-Type: {content_type}")
-        for name, value in headers:
-            head.append(f"{name}: {value}")
-        if not keep_alive:
-            head.append("Connection: close")
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        key = (status, content_type, tuple(headers), keep_alive)
+        parts = _HEADS.get(key)
+        if parts is None:
+            parts = _response_head(key)
+        first, rest = parts
+        data = b"".join((first, str(len(body)).encode("ascii"), rest))
         # A HEAD answer carries the headers of the GET answer, never its body.
         self.transport.write(data if request.method == "HEAD" else data + body)
         if not keep_alive:
