@@ -187,6 +187,12 @@ class Settings:
     loop_stall_ms: int = setting(
         "LOOP_STALL_MS", 10000, _int(0, 3_600_000), "exit with code 70 (for the supervisor to restart the node) when the event loop is blocked this long; 0 = no watchdog"
     )
+    gc_gen0_threshold: int = setting(
+        "GC_GEN0_THRESHOLD",
+        10000,
+        _int(0, 10_000_000),
+        "allocations between young-generation garbage collections once the node serves (objects alive at start are frozen out of collections); Python's own 700 makes a busy node collect hundreds of times a second; 0 = leave Python's settings alone",
+    )
     # -- connection state recovery (gateway/sio/recovery.py), socket.io's connectionStateRecovery --
     state_recovery_ms: int | None = setting(
         "STATE_RECOVERY_MS",

@@ -8,6 +8,7 @@ same on SIGTERM/SIGINT, and every process is watched by the loop-stall watchdog
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Awaitable, Callable
@@ -39,6 +40,28 @@ def loop_stall_ms_for(start: Callable[[], Awaitable[object]], loop_stall_ms: int
     return settings.loop_stall_ms if isinstance(settings, Settings) else int(Settings.loop_stall_ms)
 
 
+def gc_gen0_threshold_for(start: Callable[[], Awaitable[object]]) -> int:
+    """GC_GEN0_THRESHOLD of the server whose `start` this is, else the default."""
+    settings = getattr(getattr(start, "__self__", None), "settings", None)
+    return settings.gc_gen0_threshold if isinstance(settings, Settings) else int(Settings.gc_gen0_threshold)
+
+
+def tune_gc(gen0_threshold: int) -> None:
+    """Once the server is up: freeze what start-up built (modules, settings, the server; it
+    lives as long as the process) so collections stop walking it, and collect the young
+    generation every `gen0_threshold` allocations instead of Python's 700. A node builds and
+    drops thousands of short-lived objects per second (packets, frames, per-connection state in
+    a connection storm); with the default it spent about a fifth of a 10,000-connection storm
+    in the collector. Reference cycles are still collected, just less often. 0 = unchanged."""
+    if gen0_threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, max(gen1, 50), max(gen2, 100))
+    log.info("gc_tuned gen0_threshold=%d frozen_objects=%d", gen0_threshold, gc.get_freeze_count())
+
+
 async def serve_until_signal(
     start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[object]], deadline: float = 10.0, loop_stall_ms: int | None = None
 ) -> None:
@@ -55,6 +78,7 @@ async def serve_until_signal(
         watchdog.start()
     try:
         await start()
+        tune_gc(gc_gen0_threshold_for(start))
         await stopping.wait()
         log.info("shutdown_begin deadline_seconds=%s", deadline)
         try:

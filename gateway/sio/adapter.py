@@ -60,12 +60,15 @@ class AdapterTimeout(AdapterError):
     """Not every node answered a cluster-wide request in time."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BroadcastOptions:
     """Who a broadcast or a remote operation on this node addresses, and how.
 
     Frozen sets, so that an operator can be kept and narrowed safely and selection tests
     membership without converting; `local` never travels (a local broadcast is not published).
+    Never changed once made (operators make new ones with `dataclasses.replace`), but not a
+    frozen dataclass: its `__init__` would set each field through `object.__setattr__`, 4x the
+    cost, and one is made per `io.to(room).emit`.
     The wire form other nodes read is built from it by `wire_flags` and the rooms."""
 
     rooms: frozenset = frozenset()

@@ -47,7 +47,7 @@ from .messages import (
     room_text,
     typed_object,
 )
-from .values import MISSING, dump_json, pack, sniff, unpack
+from .values import MISSING, dump_json, js_numbers, pack, pack_as_is, sniff, unpack
 
 def broadcast_pattern(prefix: str, nsp: str) -> str:
     """The classic PSUBSCRIBE pattern covering both broadcast channels of a namespace."""
@@ -120,8 +120,23 @@ def encode_classic_broadcast(
     opts: BroadcastOptions | dict[str, Any] | None = None,
 ) -> bytes:
     """Adapter broadcast (opts order rooms, except, flags); binary args stay bytes (msgpack bin)."""
-    options = BroadcastOptions() if opts is None else coerce_options(opts)
-    return pack([uid, {"type": EVENT, "data": data, "nsp": nsp}, options.to_wire()])
+    if type(opts) is BroadcastOptions:
+        # The cluster adapter's every broadcast: its lists are packed as they are, not copied,
+        # and only the parts that may hold floats are looked at for JS numbers (see `pack`).
+        rooms, excluded, flags = opts.rooms, opts.except_rooms, opts.flags
+        rooms = rooms if type(rooms) is list else list(rooms)
+        excluded = excluded if type(excluded) is list else list(excluded)
+        flags = {} if flags is None else flags
+        packed = pack_as_is([uid, {"type": EVENT, "data": data, "nsp": nsp}, {"rooms": rooms, "except": excluded, "flags": flags}])
+        if b"\xcb" not in packed:
+            return packed
+        js = js_numbers(data), js_numbers(rooms), js_numbers(excluded), js_numbers(flags)
+        if js[0] is data and js[1] is rooms and js[2] is excluded and js[3] is flags:
+            return packed  # floats, but none integral
+        return pack_as_is([uid, {"type": EVENT, "data": js[0], "nsp": nsp}, {"rooms": js[1], "except": js[2], "flags": js[3]}])
+    else:
+        wire = (BroadcastOptions() if opts is None else coerce_options(opts)).to_wire()
+    return pack([uid, {"type": EVENT, "data": data, "nsp": nsp}, wire])
 
 
 def encode_emitter_broadcast(

@@ -40,13 +40,18 @@ def js_float(value: float) -> int | float:
     return value
 
 
+# Types `js_numbers` never needs to look into or change.
+_SCALARS = frozenset({str, int, bool, type(None), bytes})
+
+
 def js_numbers(value: Any) -> Any:
     """Return `value` with integral floats turned into ints, recursively, the way JS sees them.
 
     Node writes `2.0` as the integer 2 (msgpack fixint, JSON `2`); Python would write a float.
     Copy-on-write: containers without floats are returned as the same object, so the common
-    case (strings, ints, small dicts) costs one walk and no allocation. Tuples come back as
-    lists when something inside changed (both encode as arrays anyway).
+    case (strings, ints, small dicts) costs one walk and no allocation; scalars inside a
+    container are passed over without a call. Tuples come back as lists when something inside
+    changed (both encode as arrays anyway).
     """
     kind = type(value)
     if kind is float:
@@ -54,19 +59,25 @@ def js_numbers(value: Any) -> Any:
     if kind is dict:
         changed: dict[Any, Any] | None = None
         for key, item in value.items():
-            new = js_numbers(item)
-            if new is not item and changed is None:
-                changed = dict(value)
-            if changed is not None:
+            kind = type(item)
+            if kind in _SCALARS:
+                continue
+            new = js_float(item) if kind is float else js_numbers(item)
+            if new is not item:
+                if changed is None:
+                    changed = dict(value)
                 changed[key] = new
         return value if changed is None else changed
     if kind is list or kind is tuple:
         out: list[Any] | None = None
         for index, item in enumerate(value):
-            new = js_numbers(item)
-            if new is not item and out is None:
-                out = list(value)
-            if out is not None:
+            kind = type(item)
+            if kind in _SCALARS:
+                continue
+            new = js_float(item) if kind is float else js_numbers(item)
+            if new is not item:
+                if out is None:
+                    out = list(value)
                 out[index] = new
         return value if out is None else out
     return value
@@ -156,9 +167,26 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return [code, bytes(data)]
 
 
-def pack(obj: Any) -> bytes:
+def pack_as_is(obj: Any) -> bytes:
+    """msgpack of a value whose floats are already as JS would write them (no walk)."""
     try:
-        return msgpack.packb(js_numbers(obj), use_bin_type=True, default=_msgpack_default)
+        return msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+    except _CODEC_ERRORS as exc:
+        raise ClusterMessageError(f"cannot encode message as msgpack: {exc}") from exc
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack as notepack writes it. Packed as is first: only when a float64 marker byte
+    (0xcb) shows up in the result — a float, or that byte inside a string or binary — is the
+    value walked for integral floats and packed again if the walk changed something. A message
+    without floats costs no walk in Python."""
+    try:
+        packed = msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+        if b"\xcb" in packed:
+            js = js_numbers(obj)
+            if js is not obj:
+                packed = msgpack.packb(js, use_bin_type=True, default=_msgpack_default)
+        return packed
     except _CODEC_ERRORS as exc:
         raise ClusterMessageError(f"cannot encode message as msgpack: {exc}") from exc
 
