@@ -55,6 +55,8 @@ def from_wire(opts: WireOptions | None) -> BroadcastOptions:
     if opts is None:
         return BroadcastOptions()
     flags = opts.flags
+    if not flags and not opts.except_rooms:  # a plain `to(room).emit`, most remote traffic
+        return BroadcastOptions(frozenset(opts.rooms))
     volatile = bool(flags.get("volatile")) if flags else False
     return BroadcastOptions(rooms=frozenset(opts.rooms), except_=frozenset(opts.except_rooms), volatile=volatile)
 

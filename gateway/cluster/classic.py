@@ -236,9 +236,18 @@ class ClassicTransport(SupervisedLinks):
                 self._link_restored("subscriber")
                 up_since = time.monotonic()
                 watchdog.start(up_since)
+                period = min(1.0, watchdog.every)
                 while not self._closing:
-                    for reply in await pubsub.get_batch(timeout=min(1.0, watchdog.every)):
-                        dispatch(reply)
+                    # One timer per watchdog period, not one per read: while messages flow, the
+                    # reads of a period share this deadline (a read interrupted by it loses
+                    # nothing: it had not taken the bytes yet; dispatch never awaits).
+                    try:
+                        async with asyncio.timeout(period):
+                            while True:
+                                for reply in await pubsub.get_batch():
+                                    dispatch(reply)
+                    except TimeoutError:
+                        pass
                     now = time.monotonic()
                     if watchdog.probe_due(now):
                         watchdog.probe_sent(now)
