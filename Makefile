@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e .
 	touch $@
 
+# The bench extra too: the bench smoke test renders the report's PNG plots (matplotlib).
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,bench]'
 	touch $@
 
 $(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
