@@ -335,7 +335,9 @@ class ClassicTransport(SupervisedLinks):
                     # one room without a member here (spec 2.3 rule 2): by its channel name.
                     if payload.startswith(own):
                         return
-                    if channel in self.room_channels or channel == base or self.numeric_rooms:
+                    if channel in self.room_channels or channel == base:
+                        member.on_broadcast(classic.decode_broadcast(payload))
+                    elif self.numeric_rooms:
                         self._on_broadcast(member, base, channel, payload)
                 return
             channel = reply[1]

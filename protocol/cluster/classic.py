@@ -47,7 +47,7 @@ from .messages import (
     room_text,
     typed_object,
 )
-from .values import MISSING, dump_json, js_numbers, pack, pack_as_is, sniff, unpack
+from .values import MISSING, dump_json, js_numbers, may_hold_integral_float, pack, pack_as_is, sniff, unpack
 
 def broadcast_pattern(prefix: str, nsp: str) -> str:
     """The classic PSUBSCRIBE pattern covering both broadcast channels of a namespace."""
@@ -128,7 +128,7 @@ def encode_classic_broadcast(
         excluded = excluded if type(excluded) is list else list(excluded)
         flags = {} if flags is None else flags
         packed = pack_as_is([uid, {"type": EVENT, "data": data, "nsp": nsp}, {"rooms": rooms, "except": excluded, "flags": flags}])
-        if b"\xcb" not in packed:
+        if not may_hold_integral_float(packed):
             return packed
         js = js_numbers(data), js_numbers(rooms), js_numbers(excluded), js_numbers(flags)
         if js[0] is data and js[1] is rooms and js[2] is excluded and js[3] is flags:
@@ -163,6 +163,23 @@ def _broadcast_parts(payload: bytes | bytearray | memoryview) -> tuple[str, str,
     if not isinstance(payload, (bytes, bytearray, memoryview)) or not payload:
         raise ClusterMessageError("broadcast payload must be non-empty bytes")
     message = unpack(bytes(payload))
+    # The shape of almost every broadcast (`to(room).emit` from any node): checked by exact
+    # types in one go, with the same result the general checks below would give it.
+    if type(message) is list and len(message) == 3:
+        uid, packet, opts = message
+        if type(uid) is str and type(packet) is dict and type(opts) is dict:
+            nsp, data, kind = packet.get("nsp"), packet.get("data"), packet.get("type", EVENT)
+            rooms, excluded, flags = opts.get("rooms"), opts.get("except"), opts.get("flags")
+            if (
+                type(nsp) is str
+                and type(data) is list
+                and type(kind) is int
+                and type(rooms) is list
+                and (type(flags) is dict or flags is None)
+                and (excluded is None or (type(excluded) is list and not excluded))
+                and all([type(room) is str for room in rooms])
+            ):
+                return uid, nsp, data, BroadcastOptions(rooms, [], flags), kind
     if not isinstance(message, list) or len(message) != 3:
         raise ClusterMessageError("broadcast must be a 3-element array [uid, packet, opts]")
     uid, packet, opts = message

@@ -11,6 +11,7 @@ Decoding never lets msgpack/orjson exceptions escape: anything undecodable raise
 
 from __future__ import annotations
 
+import struct
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -167,6 +168,30 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return [code, bytes(data)]
 
 
+_FLOAT64 = struct.Struct(">d")
+
+
+def may_hold_integral_float(packed: bytes) -> bool:
+    """Whether msgpack bytes may hold a float64 that JS would have written as an integer.
+
+    Every float msgpack writes is the marker byte 0xcb and 8 bytes of IEEE double. Each 0xcb
+    is read as such a double; the answer is no only when none of them is integral in the
+    integer range, so a message whose floats are all fractional (a timestamp in milliseconds
+    with a fraction, a price) needs no walk of its value in Python. A 0xcb that is part of a
+    string or another number reads as some double too: at worst a needless walk, never a
+    missed one.
+    """
+    at = packed.find(b"\xcb")
+    end = len(packed) - 8
+    unpack_from = _FLOAT64.unpack_from
+    while 0 <= at < end:
+        (value,) = unpack_from(packed, at + 1)
+        if value.is_integer() and _INT_MIN <= value < _INT_MAX:
+            return True
+        at = packed.find(b"\xcb", at + 1)
+    return False
+
+
 def pack_as_is(obj: Any) -> bytes:
     """msgpack of a value whose floats are already as JS would write them (no walk)."""
     try:
@@ -176,13 +201,13 @@ def pack_as_is(obj: Any) -> bytes:
 
 
 def pack(obj: Any) -> bytes:
-    """msgpack as notepack writes it. Packed as is first: only when a float64 marker byte
-    (0xcb) shows up in the result — a float, or that byte inside a string or binary — is the
-    value walked for integral floats and packed again if the walk changed something. A message
-    without floats costs no walk in Python."""
+    """msgpack as notepack writes it. Packed as is first: only when the result may hold an
+    integral float64 (see `may_hold_integral_float`) is the value walked for integral floats
+    and packed again if the walk changed something. A message without floats, or with
+    fractional ones only, costs no walk in Python."""
     try:
         packed = msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
-        if b"\xcb" in packed:
+        if may_hold_integral_float(packed):
             js = js_numbers(obj)
             if js is not obj:
                 packed = msgpack.packb(js, use_bin_type=True, default=_msgpack_default)

@@ -394,6 +394,44 @@ def test_integral_floats_encode_as_js_integers() -> None:
     )
 
 
+def test_only_integral_float64s_call_for_the_js_numbers_walk() -> None:
+    from protocol.cluster.values import may_hold_integral_float
+
+    assert may_hold_integral_float(msgpack.packb(2.0))
+    assert may_hold_integral_float(msgpack.packb({"t": 1.5, "n": -3.0}))
+    assert not may_hold_integral_float(msgpack.packb(["e", {"t": 1733.25, "p": 0.1}]))
+    assert not may_hold_integral_float(msgpack.packb([1e300 * 10, 2.0**70]))  # inf, beyond int64
+    assert not may_hold_integral_float(msgpack.packb(b"\xcb", use_bin_type=True))  # too short for a double
+    # A marker byte inside binary data reads as some double: a needless walk, never a missed one.
+    assert may_hold_integral_float(msgpack.packb([b"\xcb" + b"\x00" * 8], use_bin_type=True))
+    # A fractional timestamp beside an integral float: the encoded broadcast still has the int.
+    opts = BroadcastOptions(["r"], [])
+    decoded = msgpack.unpackb(c.encode_classic_broadcast("u", "/", ["e", {"t": 1.5, "n": 4.0}], opts))
+    assert decoded[1]["data"] == ["e", {"t": 1.5, "n": 4}] and type(decoded[1]["data"][1]["n"]) is int
+    fractional = c.encode_classic_broadcast("u", "/", ["e", {"t": 1.5}], opts)
+    assert fractional == msgpack.packb(["u", {"type": 2, "data": ["e", {"t": 1.5}], "nsp": "/"}, {"rooms": ["r"], "except": [], "flags": {}}])
+
+
+def test_plain_and_general_broadcast_decoding_agree() -> None:
+    from protocol.cluster.classic import decode_broadcast
+
+    def wire(packet: dict[str, Any], opts: Any) -> bytes:
+        return msgpack.packb(["u", packet, opts], use_bin_type=True)
+
+    plain = decode_broadcast(wire({"type": 2, "data": ["e", 1], "nsp": "/a"}, {"rooms": ["r"], "except": [], "flags": {"volatile": True}}))
+    assert (plain.uid, plain.nsp, plain.data) == ("u", "/a", ["e", 1])
+    assert plain.opts == BroadcastOptions(["r"], [], {"volatile": True})
+    general = decode_broadcast(wire({"data": ["e"]}, {"rooms": [7, "r"], "except": ["x"]}))
+    assert general.nsp == "/" and general.opts == BroadcastOptions([7, "r"], ["x"], None)
+    for bad in ({"type": True, "data": ["e"], "nsp": "/"}, {"type": 2, "data": "e", "nsp": "/"}):
+        with pytest.raises(ClusterMessageError):
+            decode_broadcast(wire(bad, {"rooms": ["r"], "except": [], "flags": {}}))
+    with pytest.raises(ClusterMessageError):
+        decode_broadcast(wire({"type": 2, "data": ["e"], "nsp": "/"}, {"rooms": [None], "except": [], "flags": {}}))
+    with pytest.raises(ClusterMessageError):
+        decode_broadcast(wire({"type": 2, "data": ["e"], "nsp": "/"}, {"rooms": ["r"], "except": [], "flags": []}))
+
+
 def test_js_numbers_copies_only_when_needed() -> None:
     plain = {"a": [1, "x", {"b": True}], "c": None}
     assert c.js_numbers(plain) is plain
