@@ -68,6 +68,9 @@ METRICS: dict[str, str] = {
     "node_us": "saturation.node_cpu_us_per_delivery_per_node",
     "redis_us": "saturation.redis_cpu_us_per_delivery",
     "non_member_us": "saturation.non_member_us_per_message",
+    # our channel-name check alone, in process (bench/channel_check.py), beside that whole bill
+    "check_us": "channel_check.check_us_per_message",
+    "parse_check_us": "channel_check.parse_and_check_us_per_message",
     # ours measured again at the load Node.js had in its latency phase (same sweep)
     "eq_load": "latency_equal_load.deliveries_per_s",
     "eq_p50": "latency_equal_load.p50_ms",
@@ -168,6 +171,7 @@ TARGETS = (
     Target("sharded (3-master Redis Cluster) rooms across nodes: server CPU µs per delivery, Redis incl.", "rooms-cross-node-sharded", "us", "node", 0.6, True),
     Target("streams with connection state recovery, rooms across nodes: server CPU µs per delivery, Redis incl.", "rooms-cross-node-streams", "us", "node", 0.6, True),
     Target("a node with no member of the room (classic): its CPU per message", "rooms-non-member", "non_member_us", "", 1.0, True),
+    Target("the channel-name check alone, with the RESP parse, in process", "rooms-non-member", "parse_check_us", "", 1.0, True),
     # kept from the earlier issues
     Target("fanout 1×1000: server CPU µs per delivery", "fanout", "us", "node", 0.6, True),
     Target("fanout 1×1000: deliveries/s", "fanout", "dps", "node", 1.3, False),
@@ -320,10 +324,13 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
             "",
             "What a node pays for a message to a room it has no member in (classic mode: every node hears every message "
             "and must tell by the channel that it has nobody to deliver to): the CPU of a node holding only idle connections "
-            "during saturation, per message published.",
+            "during saturation, per message published. Beside it, our code's share alone, measured in process on the "
+            "same objects (bench/channel_check.py): the check of a parsed push, and the hiredis parse of a read's "
+            "pushes plus the check; the rest of the node's bill is the kernel's receive and the event loop's wake-up "
+            "per push Redis sends.",
             "",
-            "| scenario | server | µs per non-member message | × Node | member nodes' µs/delivery per node |",
-            "|---|---|---:|---:|---:|",
+            "| scenario | server | µs per non-member message | × Node | check alone µs | parse + check µs | member nodes' µs/delivery per node |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for scenario in non_member:
             node = cells.get((scenario, "node"))
@@ -333,7 +340,8 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                     continue
                 lines.append(
                     f"| {scenario} | {SERVER_LABELS[server]} | {_fmt(cell['non_member_us'], 2)} | "
-                    f"{_ratio(cell['non_member_us'], node['non_member_us'] if node else None)} | {_fmt(cell['node_us'], 2)} |"
+                    f"{_ratio(cell['non_member_us'], node['non_member_us'] if node else None)} | "
+                    f"{_fmt(cell['check_us'], 2)} | {_fmt(cell['parse_check_us'], 2)} | {_fmt(cell['node_us'], 2)} |"
                 )
 
     equal = [s for s in scenarios if cells.get((s, "ours")) and cells[(s, "ours")]["eq_p99"] is not None]

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bench import channel_check
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
@@ -457,6 +459,9 @@ def run_one(kind: str, scenario: Scenario, log_dir: Path | None = None, timeout:
             result["server_log"] = "\n".join(n.log_tail(10) for n in nodes)
         else:
             split_cpu(result, len(redis_processes), scenario)
+            if kind == "ours" and scenario.member_nodes < scenario.nodes and scenario.adapter == "classic":
+                # Beside the idle node's whole bill: what our channel-name check costs alone.
+                result["channel_check"] = channel_check.measure()
         return result
     finally:
         stop_all(processes)

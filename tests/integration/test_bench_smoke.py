@@ -122,5 +122,8 @@ def test_report_renders_the_runs(smoke_results: dict[str, dict[str, Any]], tmp_p
     assert "How cost grows with the cluster" in text
     assert "µs per non-member message" in text
     assert "a node with no member of the room (classic): its CPU per message" in text
+    assert "the channel-name check alone, with the RESP parse, in process" in text
+    check = smoke_results["rooms-non-member"]["channel_check"]
+    assert check["check_us_per_message"] > 0 and check["parse_and_check_us_per_message"] > 0
     written = {p.name for p in write_report(runs, machine(), tmp_path)}
     assert {"results.md", "cluster_size.png", "deliveries_per_s.png", "latency.png"} <= written
