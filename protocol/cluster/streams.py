@@ -27,10 +27,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..errors import ClusterMessageError
-from .messages import Broadcast, DisconnectSockets, FetchSockets, Message, Response, Room, ServerSideEmit, ShardedType, SocketsJoin, SocketsLeave
+from .messages import Broadcast, BroadcastOptions, DisconnectSockets, FetchSockets, Message, Response, Room, ServerSideEmit, ShardedType, SocketsJoin, SocketsLeave
 from .sharded import _SHARDED_BINARY_TYPES, ShardedMessage, decode_envelope, to_envelope
-from .values import contains_binary, dump_json, load_json, pack, unpack
+from .values import contains_binary, dump_json, js_numbers, load_json, pack, unpack
 
 __all__ = [
     "StreamSession",
@@ -38,6 +40,8 @@ __all__ = [
     "decode_ephemeral",
     "decode_session",
     "encode_entry",
+    "plain_broadcast",
+    "plain_broadcast_data",
     "encode_ephemeral",
     "encode_session",
     "included",
@@ -76,6 +80,11 @@ def is_ephemeral(message: Message) -> bool:
 
 def encode_entry(message: Message) -> list[bytes]:
     """The field/value pairs of the XADD of a non-ephemeral message, in Node's order."""
+    if type(message) is Broadcast and message.request_id is None and type(message.opts) is BroadcastOptions:
+        opts = message.opts
+        text = plain_broadcast_data(message.data, opts.rooms, opts.except_rooms, opts.flags)
+        if text is not None:
+            return [b"uid", message.uid.encode(), b"nsp", message.nsp.encode(), b"type", BROADCAST_TYPE, b"data", text]
     envelope = to_envelope(message)
     fields = [b"uid", envelope.uid.encode(), b"nsp", envelope.nsp.encode(), b"type", b"%d" % int(envelope.type)]
     data = envelope.data
@@ -85,6 +94,62 @@ def encode_entry(message: Message) -> list[bytes]:
         else:
             fields += [b"data", dump_json(data)]
     return fields
+
+
+# Where orjson's text may hold a float that JS writes as an integer: `2.0` (integral floats
+# below 1e16 always end in `.0` before a delimiter) or a positive exponent (every float from
+# 1e16 up is integral). A match inside a string only costs a needless walk.
+_MAYBE_INTEGRAL = re.compile(rb"\.0[,\]}]|e\+")
+
+
+def plain_broadcast_data(event: list[Any], rooms: list[Room], except_rooms: list[Room], flags: dict[str, Any] | None) -> bytes | None:
+    """The `data` field of a broadcast without acknowledgements when JSON can carry it as is:
+    orjson first, which refuses bytes, dates and sets at once (None: `encode_entry` then decides
+    between base64 msgpack and JSON with Node's forms), so there is no contains_binary walk; the
+    JS-number walk runs only when the text may hold an integral float. Same bytes as
+    `encode_entry`'s."""
+    body = {"packet": {"type": 2, "data": event}, "opts": {"rooms": rooms, "except": except_rooms, "flags": {} if flags is None else flags}}
+    try:
+        text = orjson.dumps(body, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:
+        return None
+    if _MAYBE_INTEGRAL.search(text) is not None:
+        js = js_numbers(body)
+        if js is not body:
+            return dump_json(js)
+    return text
+
+
+def plain_broadcast(data: bytes) -> tuple[list[Any], list[Room]] | None:
+    """The event and rooms of a stream broadcast's `data` when it is the common shape: JSON, no
+    requestId, no flags, no exceptions, string rooms. Anything else, malformed included, is
+    None: `decode_entry` then validates it completely. What this accepts, `decode_entry` accepts
+    with the same event and rooms."""
+    if data[:1] != b"{":
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or "requestId" in obj:
+        return None
+    packet = obj.get("packet")
+    opts = obj.get("opts")
+    if type(packet) is not dict or type(opts) is not dict:
+        return None
+    event = packet.get("data")
+    rooms = opts.get("rooms")
+    if type(event) is not list or type(rooms) is not list:
+        return None
+    excluded, flags = opts.get("except"), opts.get("flags")
+    if not (excluded is None or (type(excluded) is list and not excluded)) or not (flags is None or (type(flags) is dict and not flags)):
+        return None
+    if type(packet.get("type", 2)) is not int:
+        return None
+    for room in rooms:
+        if type(room) is not str:
+            return None
+    return event, rooms
 
 
 def entry_fields(flat: Sequence[Any]) -> dict[bytes, bytes]:

@@ -1,0 +1,151 @@
+"""The streams hot paths against the complete ones they shortcut.
+
+Publishing: `plain_broadcast_data` (orjson first, the JS-number walk only where the text may
+hold an integral float) must give the very bytes of the envelope path, or hand the message back
+(None) when JSON cannot carry it as is. Reading: what `plain_broadcast` accepts, `decode_entry`
+accepts with the same event and rooms; every other shape goes to `decode_entry`. The transport's
+XADD with its cached head is byte-equal to the generic RESP encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+
+import pytest
+
+from gateway.cluster.streams import StreamsTransport
+from gateway.config import Settings
+from protocol.cluster import Broadcast, BroadcastOptions, SocketsJoin
+from protocol.cluster import streams as wire
+from protocol.cluster.sharded import to_envelope
+from protocol.cluster.values import contains_binary, dump_json, js_numbers, pack
+from protocol.errors import ClusterMessageError
+from protocol.resp import encode_command
+
+EVENTS = [
+    ["m", {"room": "r1", "t": 1733140000.123456, "seq": 7, "pad": "x" * 64}],
+    ["m", 2.0, -0.0, 1e16, 1e22, 5e-324, 1e-7, 0.05, 1.05e16, float("inf")],
+    ["m", {"nested": [1.0, {"deep": [3.0, "a.0,b"]}], "s": "e+1 .0]"}],
+    ["m", "2.0", "1e+16", None, True, False, [], {}],
+    ["m", 2**63, -(2**63), 2**63 * 1.0, 2.0**64, -(2.0**63)],
+    ["ünï", "\u2028", "\ud7ff", "😀"],
+    ["m", (1, 2.0)],
+]
+OPTIONS = [
+    BroadcastOptions(["r1"], [], {}),
+    BroadcastOptions(["r1", 7, 5.0], ["x", 2.0], {"volatile": True, "timeout": 5000}),
+    BroadcastOptions([], [], None),
+    BroadcastOptions(["a"], [], {"compress": False}),
+]
+
+
+def _envelope_data(message: Broadcast) -> bytes:
+    """The complete path's data field: the sharded envelope's data through the JS-number walk."""
+    return dump_json(js_numbers(to_envelope(message).data))
+
+
+def _complete_data(message: Broadcast) -> bytes:
+    """The data field as the envelope path writes it: base64 msgpack when there is binary."""
+    data = to_envelope(message).data
+    if contains_binary(data):
+        return base64.b64encode(pack(data))
+    return dump_json(data)
+
+
+@pytest.mark.parametrize("event", EVENTS)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_plain_broadcast_data_is_the_envelope_paths_bytes(event: list, opts: BroadcastOptions) -> None:
+    message = Broadcast("u1", "/", event, opts)
+    fast = wire.plain_broadcast_data(event, opts.rooms, opts.except_rooms, opts.flags)
+    assert fast == _envelope_data(message)
+    assert wire.encode_entry(message) == [b"uid", b"u1", b"nsp", b"/", b"type", b"3", b"data", fast]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ["m", b"\x00\x01"],
+        ["m", {"b": bytearray(b"x")}],
+        ["m", datetime.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)],
+        ["m", {1, 2}],
+        ["m", {1: "non-string key"}],
+        ["m", memoryview(b"ab")],
+    ],
+)
+def test_what_json_cannot_carry_as_is_goes_the_complete_way(event: list) -> None:
+    opts = BroadcastOptions(["r"], [], {})
+    assert wire.plain_broadcast_data(event, opts.rooms, opts.except_rooms, opts.flags) is None
+    message = Broadcast("u1", "/", event, opts)
+    try:
+        expected = _complete_data(message)
+    except ClusterMessageError:
+        with pytest.raises(ClusterMessageError):
+            wire.encode_entry(message)
+        return
+    assert wire.encode_entry(message) == [b"uid", b"u1", b"nsp", b"/", b"type", b"3", b"data", expected]
+
+
+def test_a_too_big_integer_is_refused_as_before() -> None:
+    message = Broadcast("u1", "/", ["m", 2**80], BroadcastOptions(["r"], [], {}))
+    with pytest.raises(ClusterMessageError):
+        wire.encode_entry(message)
+
+
+PLAIN = [
+    b'{"packet":{"type":2,"data":["m",{"t":1.5}]},"opts":{"rooms":["r1"],"except":[],"flags":{}}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[],"except":[],"flags":{}}}',
+    b'{"packet":{"data":["m"]},"opts":{"rooms":["a","b"]}}',
+    b'{"packet":{"type":5,"data":[]},"opts":{"rooms":["a"],"flags":null,"except":null}}',
+]
+NOT_PLAIN = [
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":["r1"],"except":["x"],"flags":{}}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":["r1"],"except":[],"flags":{"volatile":true}}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[7],"except":[],"flags":{}}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[true],"except":[],"flags":{}}}',
+    b'{"packet":{"type":2,"data":["m"]},"requestId":"q","opts":{"rooms":[],"except":[],"flags":{}}}',
+    b'{"packet":{"type":true,"data":["m"]},"opts":{"rooms":[]}}',
+    b'{"packet":{"type":2,"data":"m"},"opts":{"rooms":[]}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":"r"}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[],"except":0}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[],"except":{}}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[],"flags":[]}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[],"flags":0}}',
+    b'{"packet":{"type":2,"data":["m"]}}',
+    b'{"packet":[],"opts":{"rooms":[]}}',
+    b'{"packet":{"type":2,"data":["m"]},"opts":{"rooms":[]}',
+    b' {"packet":{"type":2,"data":["m"]},"opts":{"rooms":[]}}',
+    b"[1,2]",
+    b"",
+    b"gqZwYWNrZXSC",
+]
+
+
+@pytest.mark.parametrize("data", PLAIN)
+def test_plain_entries_read_as_the_complete_decoder_reads_them(data: bytes) -> None:
+    plain = wire.plain_broadcast(data)
+    assert plain is not None
+    message = wire.decode_entry({b"uid": b"u", b"nsp": b"/", b"type": b"3", b"data": data})
+    assert isinstance(message, Broadcast) and message.request_id is None
+    assert plain == (message.data, message.opts.rooms)
+    assert not message.opts.except_rooms and not message.opts.flags
+
+
+@pytest.mark.parametrize("data", NOT_PLAIN)
+def test_every_other_shape_is_left_to_the_complete_decoder(data: bytes) -> None:
+    assert wire.plain_broadcast(data) is None
+
+
+def test_an_xadd_with_the_cached_head_is_the_generic_encoding() -> None:
+    transport = StreamsTransport(Settings(redis_url="redis://127.0.0.1:1", redis_mode="streams"))
+    stream, maxlen = transport.stream, transport.maxlen
+    messages = [
+        Broadcast("u1", "/", ["m", {"t": 1.5}], BroadcastOptions(["r1"], [], {})),
+        Broadcast("u1", "/", ["m", b"\x00"], BroadcastOptions(["r1"], [], {})),
+        Broadcast("u2", "/chat", ["ünï"], BroadcastOptions([], ["x"], {"volatile": True})),
+        SocketsJoin("u1", "/", BroadcastOptions(["a"], [], {}), ["b"]),
+    ]
+    for _ in range(2):  # the second round reads the cached heads
+        for message in messages:
+            expected = encode_command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", *wire.encode_entry(message))
+            assert transport.command_of(message) == expected
