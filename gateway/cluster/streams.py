@@ -35,13 +35,13 @@ from protocol import socketio as sio
 from protocol.cluster import Broadcast, DisconnectSockets, FetchSockets, Message, Response, Room, ServerSideEmit, SocketsJoin, SocketsLeave, new_sharded_id
 from protocol.cluster import streams as wire
 from protocol.errors import ClusterMessageError
-from protocol.resp import encode_command, encode_publish
+from protocol.resp import RespError, encode_command, encode_publish
 from protocol.socketio import PacketType
 
 from ..config import Settings
 from ..engine.outbound import Outbound
 from ..redis.client import redis_client
-from ..redis.stream import RespStream, SubscriberStream
+from ..redis.stream import RedisReplyError, RespStream, StreamClosed, SubscriberStream
 from ..sio.adapter import AdapterNamespace, AdapterSocket, BroadcastOptions, recoverable
 from ..sio.recovery import RecoveryResult, Restoration, SessionState
 from .adapter import ClusterAdapter, from_wire, to_wire
@@ -51,6 +51,7 @@ log = logging.getLogger("gateway.streams")
 
 _XADD = b"XADD"
 _STREAM_CHANNEL = b""  # outbox marker of an entry that is already a whole command
+_BROADCAST_TYPE = wire.BROADCAST_TYPE
 
 
 class StreamsTransport(SupervisedLinks):
@@ -67,7 +68,9 @@ class StreamsTransport(SupervisedLinks):
         self.stream = settings.redis_stream_name.encode()
         self.maxlen = b"%d" % settings.redis_stream_maxlen
         self.members: dict[str, ClusterMember] = {}
+        self.members_by_nsp: dict[bytes, ClusterMember] = {}  # the nsp field of an entry -> its member
         self.channels: dict[bytes, ClusterMember] = {}
+        self._xadd_heads: dict[tuple[bytes, bytes, bytes], bytes] = {}
         self.commands: aioredis.Redis | None = None
         self.last_id: str | None = None  # the newest entry delivered (None until the reader starts)
         self.reader_up = False
@@ -97,12 +100,15 @@ class StreamsTransport(SupervisedLinks):
 
     def register(self, member: ClusterMember) -> None:
         self.members[member.name] = member
+        self.members_by_nsp[member.name.encode()] = member
         self.channels[wire.public_channel(self.prefix, member.name).encode()] = member
         self.channels[wire.private_channel(self.prefix, member.name, member.uid).encode()] = member
         self._sub_changed.set()
 
     def unregister(self, member: ClusterMember) -> None:
         self.members.pop(member.name, None)
+        if self.members_by_nsp.get(member.name.encode()) is member:
+            del self.members_by_nsp[member.name.encode()]
         for channel, owner in list(self.channels.items()):
             if owner is member:
                 del self.channels[channel]
@@ -161,11 +167,7 @@ class StreamsTransport(SupervisedLinks):
                         log.info("stream_reader_resumed from=%s after_attempts=%d", self.last_id, attempts)
                     attempts = 0
                     self.reader_up = True
-                reply = await reader.execute(
-                    b"XREAD", b"COUNT", count, b"BLOCK", block, b"STREAMS", self.stream, self.last_id, timeout=block / 1000 + 5.0
-                )
-                if reply:
-                    self._deliver_entries(reply[0][1])
+                await self._read_on(reader, count, block)
             except asyncio.CancelledError:
                 raise
             except (OSError, ConnectionError, RedisError, IndexError, TypeError, ValueError) as exc:
@@ -179,13 +181,53 @@ class StreamsTransport(SupervisedLinks):
         if reader is not None:
             await reader.aclose()
 
+    async def _read_on(self, reader: RespStream, count: int, block: int) -> None:
+        """XREAD after XREAD on one connection until it fails or the transport closes.
+
+        One timer per second, not an asyncio.timeout per XREAD: the XREADs of a second share
+        that deadline, and when it passes the XREAD in flight is left waiting on the socket (its
+        command is sent, its reply is read on the next round: an interrupted read had taken no
+        bytes). Only an XREAD unanswered BLOCK + 5 s after it was sent ends the connection."""
+        loop = asyncio.get_running_loop()
+        patience = block / 1000 + 5.0
+        args = (b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % block, b"STREAMS", self.stream)
+        head = b"*%d\r\n" % (len(args) + 1) + b"".join([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args])  # the last id follows
+        pending = False  # an XREAD is sent and its reply not yet read
+        sent_at = 0.0
+        while not self._closing:
+            try:
+                async with asyncio.timeout(1.0):
+                    while True:
+                        if not pending:
+                            pending = True
+                            sent_at = loop.time()
+                            last = self.last_id or "0-0"
+                            await reader._write(b"%s$%d\r\n%s\r\n" % (head, len(last), last.encode()))
+                        reply = await reader._reply()
+                        pending = False
+                        if isinstance(reply, RespError):
+                            raise RedisReplyError(str(reply))
+                        if reply:
+                            self._deliver_entries(reply[0][1])
+            except TimeoutError:
+                if pending and loop.time() - sent_at > patience:
+                    raise StreamClosed(f"Redis did not answer XREAD within {patience:.0f}s") from None
+
     def _deliver_entries(self, entries: list[Any]) -> None:
         members = self.members
+        by_nsp = self.members_by_nsp
         stats = self.stats
         for raw_id, flat in entries:
             entry_id = raw_id.decode()
             self.last_id = entry_id
             stats.received += 1
+            # A broadcast as both implementations write it (uid, nsp, type 3, data): to its
+            # namespace without building the fields dict; the member decodes only what it uses
+            # and hands back anything that is not the plain shape.
+            if len(flat) == 8 and flat[5] == _BROADCAST_TYPE and flat[0] == b"uid" and flat[2] == b"nsp" and flat[4] == b"type" and flat[6] == b"data":
+                member = by_nsp.get(flat[3])
+                if member is not None and member.on_stream_entry(flat[1], flat[7], entry_id):  # type: ignore[attr-defined]
+                    continue
             try:
                 fields = wire.entry_fields(flat)
                 member = members.get(fields.get(b"nsp", b"").decode())
@@ -266,7 +308,19 @@ class StreamsTransport(SupervisedLinks):
             return encode_publish(wire.private_channel(self.prefix, message.nsp, requester).encode(), wire.encode_ephemeral(message))
         if wire.is_ephemeral(message):
             return encode_publish(wire.public_channel(self.prefix, message.nsp).encode(), wire.encode_ephemeral(message))  # type: ignore[attr-defined]
-        return encode_command(_XADD, self.stream, b"MAXLEN", b"~", self.maxlen, b"*", *wire.encode_entry(message))
+        fields = wire.encode_entry(message)
+        if len(fields) != 8:
+            return encode_command(_XADD, self.stream, b"MAXLEN", b"~", self.maxlen, b"*", *fields)
+        # uid, nsp, type, data: everything up to the data value is the same for every entry of
+        # one namespace's type, so it is encoded once.
+        key = (fields[1], fields[3], fields[5])
+        head = self._xadd_heads.get(key)
+        if head is None:
+            head = encode_command(_XADD, self.stream, b"MAXLEN", b"~", self.maxlen, b"*", *fields[:7], b"")[: -len(b"$0\r\n\r\n")]
+            if len(self._xadd_heads) < 1024:
+                self._xadd_heads[key] = head
+        data = fields[7]
+        return b"%s$%d\r\n%s\r\n" % (head, len(data), data)
 
     def publish(self, message: Message) -> None:
         try:
@@ -379,6 +433,7 @@ class StreamsClusterAdapter(ClusterAdapter):
         super().__init__(nsp, transport, settings)
         self.settings = settings
         self.recovering = bool(settings.state_recovery_ms)
+        self.uid_bytes = self.uid.encode()
         self.session_prefix = settings.redis_session_key_prefix
         self.window_ms = settings.state_recovery_ms or 0
         self.live_ttl_ms = self.window_ms + settings.redis_session_refresh_ms
@@ -413,6 +468,29 @@ class StreamsClusterAdapter(ClusterAdapter):
         if message.request_id is None:
             return  # stream broadcasts arrive through on_stream_broadcast
         super().on_broadcast(message)
+
+    def on_stream_entry(self, uid: bytes, data: bytes, entry_id: str) -> bool:
+        """A stream broadcast entry of this namespace, raw: True once handled, False to have it
+        decoded and validated completely (any shape but the plain one, malformed included).
+        Without recovery our own entries are dropped before any decoding (delivered at once when
+        sent); a plain one (no flags, no exceptions, string rooms) skips the full validation."""
+        own = uid == self.uid_bytes
+        if own and not self.recovering:
+            return True
+        plain = wire.plain_broadcast(data)
+        if plain is None:
+            return False
+        try:
+            uid.decode()
+        except UnicodeDecodeError:
+            return False
+        event, rooms = plain
+        if not own:
+            self.stats.broadcasts_remote += 1
+        if self.recovering:
+            event.append(entry_id)
+        self.deliver(sio.Packet(PacketType.EVENT, self.name, event), BroadcastOptions(frozenset(rooms)))
+        return True
 
     def on_stream_broadcast(self, message: Broadcast, entry_id: str) -> None:
         """A broadcast read from the stream (ours too: with recovery on, ours is delivered now)."""
