@@ -59,7 +59,10 @@ class ShardedTransport(SupervisedLinks):
         self.mode = SubscriptionMode(settings.redis_subscription_mode)
         self.members: dict[str, ClusterMember] = {}
         self.main_channels: dict[str, bytes] = {}
-        self.wanted: dict[bytes, tuple[ClusterMember, bool]] = {}  # channel -> (member, answers only)
+        # channel -> (member, answers only, the tails of that member's own messages or None on
+        # its answer channel): a node hears its own broadcasts back on the rooms it has.
+        self.wanted: dict[bytes, tuple[ClusterMember, bool, tuple[bytes, bytes] | None]] = {}
+        self.own_tails: dict[str, tuple[bytes, bytes]] = {}
         self.placement: dict[bytes, Address] = {}
         self.links: dict[Address, ShardLink] = {}
         self.publishers: dict[Address, aioredis.Redis] = {}
@@ -143,13 +146,15 @@ class ShardedTransport(SupervisedLinks):
         name = member.name
         self.members[name] = member
         main = self.main_channels[name] = sharded_channel(self.prefix, name).encode()
+        self.own_tails[name] = sharded.own_message_tails(member.uid, name)
         self.want(main, member, False)
         self.want(sharded_node_channel(self.prefix, name, member.uid).encode(), member, True)
 
     def unregister(self, member: ClusterMember) -> None:
         self.members.pop(member.name, None)
         self.main_channels.pop(member.name, None)
-        for channel, (owner, _) in list(self.wanted.items()):
+        self.own_tails.pop(member.name, None)
+        for channel, (owner, *_) in list(self.wanted.items()):
             if owner is member:
                 self.unwant(channel)
 
@@ -163,7 +168,7 @@ class ShardedTransport(SupervisedLinks):
             self.unwant(sharded_room_channel(self.prefix, member.name, room).encode())
 
     def want(self, channel: bytes, member: ClusterMember, answers_only: bool) -> None:
-        self.wanted[channel] = (member, answers_only)
+        self.wanted[channel] = (member, answers_only, None if answers_only else self.own_tails.get(member.name))
         if self.started:
             asyncio.ensure_future(self._apply(channel))
 
@@ -381,7 +386,9 @@ class ShardedTransport(SupervisedLinks):
         target = self.wanted.get(channel)
         if target is None:
             return  # a late message on a channel we just released
-        member, answers_only = target
+        member, answers_only, own = target
+        if own is not None and payload.endswith(own):
+            return  # our own message back (the envelope ends with uid and nsp): never decoded
         try:
             message = sharded.decode_message(payload)
             if message is None:

@@ -135,26 +135,31 @@ class ShardLink:
         await self.stream.sunsubscribe(channel)
 
     async def _read(self) -> None:
+        """Dispatch what the link hears: one await per read of the socket (`get_shard_batch`),
+        messages as raw arrays; the probe and the server's unsubscriptions handled here."""
         transport = self.transport
         dispatch = transport.dispatch
-        get_push = self.stream.get_push
+        get_shard_batch = self.stream.get_shard_batch
         probe_channel = self.probe_channel
         try:
             while True:
-                kind, _, channel, data = await get_push(False)  # type: ignore[misc]
-                if kind == b"smessage":
-                    if channel == probe_channel:
-                        self.watchdog.probe_seen(time.monotonic())
-                        transport.probe_arrived(self)
-                    else:
-                        dispatch(channel, data)
-                elif kind == b"sunsubscribe":
-                    if channel in self.leaving:
-                        self.leaving.discard(channel)
-                    else:
-                        # The server dropped us: the slot moved to another master.
-                        self.channels.discard(channel)
-                        transport.request_resync(f"server unsubscribed {channel!r} (slot moved)")
+                for push in await get_shard_batch():
+                    if type(push) is list:  # [b"smessage", channel, data]
+                        channel = push[1]
+                        if channel != probe_channel:
+                            dispatch(channel, push[2])
+                        else:
+                            self.watchdog.probe_seen(time.monotonic())
+                            transport.probe_arrived(self)
+                        continue
+                    kind, _, channel, _ = push
+                    if kind == b"sunsubscribe":
+                        if channel in self.leaving:
+                            self.leaving.discard(channel)
+                        else:
+                            # The server dropped us: the slot moved to another master.
+                            self.channels.discard(channel)
+                            transport.request_resync(f"server unsubscribed {channel!r} (slot moved)")
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError) as exc:

@@ -320,6 +320,26 @@ class SubscriberStream(RespStream):
             if push.kind == b"smessage":
                 batch.append([b"smessage", push.channel, push.data])
 
+    async def get_shard_batch(self) -> list[Any]:
+        """A sharded link's reader, as `get_batch` is the classic one's: every push already
+        parsed or, when none is, those of the next read, oldest first. Messages are the raw
+        `[b"smessage", channel, data]` arrays; every other push (subscription confirmations, a
+        SUNSUBSCRIBE Redis sends when a slot migrates, pongs) comes as a checked `Push` tuple,
+        which the link needs to follow its slots."""
+        parser = self.parser
+        batch: list[Any] = []
+        while True:
+            reply = parser.gets()
+            if reply is False:
+                if batch:
+                    return batch
+                await self._fill()
+                continue
+            if type(reply) is list and len(reply) == 3 and reply[0] == b"smessage":
+                batch.append(reply)
+            else:
+                batch.append(_push_of(reply))
+
     async def get_message(self, ignore_subscribe_messages: bool = True, timeout: float | None = None) -> dict[str, Any] | None:
         # The broadcast path's reader: message and pmessage are built straight from the parsed
         # array (no Push tuple in between); everything else goes through parse_push's checks.

@@ -3,7 +3,8 @@
 Encoding a typed Broadcast goes orjson first, decoding a plain broadcast skips the general
 checks, and a node drops its own messages by their last bytes: each is checked here against the
 golden vectors captured from Node.js and against the general codec on values the vectors lack
-(binary, dates, integral floats, odd shapes).
+(binary, dates, integral floats, odd shapes). The transport's dispatch is fed the channel and
+payload a shard link reads; no Redis is involved.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import msgpack
 import orjson
 import pytest
 
+from gateway.cluster.sharded import ShardedTransport
+from gateway.config import Settings
 from protocol import cluster as c
-from protocol.cluster import Broadcast, BroadcastOptions, ShardedType, sharded
+from protocol.cluster import Broadcast, BroadcastOptions, Response, ShardedType, sharded
+from protocol.cluster.messages import Answer
 from protocol.errors import ClusterMessageError
 from tests.unit.test_cluster_codec import BY_NAME, from_view, named, opts_of, payload
 
@@ -142,3 +146,58 @@ def test_node_vectors_do_not_end_with_another_nodes_tails() -> None:
 def test_msgpack_tail_is_the_envelope_end() -> None:
     raw = msgpack.packb({"type": 3, "data": {"x": b"\x01"}, "uid": "u", "nsp": "/"}, use_bin_type=True)
     assert raw.endswith(sharded.own_message_tails("u", "/"))
+
+
+# -- the transport's dispatch: own messages dropped by their tails --------------------------------
+
+
+class Member:
+    """A namespace's side of the transport: records what got through."""
+
+    def __init__(self, transport: ShardedTransport, uid: str = "abcdef0123456789", name: str = "/") -> None:
+        self.uid, self.name = uid, name
+        self.broadcasts: list[Broadcast] = []
+        self.messages: list[Any] = []
+        transport.register(self)  # type: ignore[arg-type]
+
+    def on_broadcast(self, message: Broadcast) -> None:
+        self.broadcasts.append(message)
+
+    def on_message(self, message: Any) -> None:
+        self.messages.append(message)
+
+
+@pytest.fixture
+def transport() -> ShardedTransport:
+    return ShardedTransport(Settings(redis_url="redis://127.0.0.1:1", redis_mode="sharded", redis_cluster_nodes=("127.0.0.1:1",)))
+
+
+def test_own_broadcast_on_a_room_channel_is_dropped_undecoded(transport: ShardedTransport) -> None:
+    member = Member(transport)
+    transport.watch(member, "r")  # type: ignore[arg-type]
+    channel = c.sharded_room_channel(transport.prefix, "/", "r").encode()
+    # Undecodable before its tail: proof that only the last bytes were read.
+    transport.dispatch(channel, b"{garbage" + sharded.own_message_tails(member.uid, "/")[0])
+    own_binary = sharded.encode_message(Broadcast(member.uid, "/", ["e", b"\x01"], BroadcastOptions(["r"], [])))
+    transport.dispatch(channel, own_binary)
+    assert member.broadcasts == [] and transport.stats.bad_messages == 0
+    peer = Broadcast("0123456789abcdee", "/", ["e", 1], BroadcastOptions(["r"], ["s"]))
+    transport.dispatch(channel, sharded.encode_message(peer))
+    assert member.broadcasts == [Broadcast("0123456789abcdee", "/", ["e", 1], BroadcastOptions(["r"], ["s"], {}))]
+
+
+def test_answers_on_the_node_channel_are_never_dropped_by_uid(transport: ShardedTransport) -> None:
+    member = Member(transport)
+    node_channel = c.sharded_node_channel(transport.prefix, "/", member.uid).encode()
+    answer = Response(Answer.CLIENT_COUNT, "q1", 3, member.uid, "/")
+    transport.dispatch(node_channel, sharded.encode_message(answer))
+    assert [type(m) for m in member.messages] == [Response]
+
+
+def test_own_request_on_the_main_channel_is_dropped(transport: ShardedTransport) -> None:
+    member = Member(transport)
+    main = c.sharded_channel(transport.prefix, "/").encode()
+    transport.dispatch(main, sharded.encode_message(c.SocketsJoin(member.uid, "/", BroadcastOptions(), ["x"])))
+    assert member.messages == []
+    transport.dispatch(main, sharded.encode_message(c.SocketsJoin("0123456789abcdee", "/", BroadcastOptions(), ["x"])))
+    assert [type(m) for m in member.messages] == [c.SocketsJoin]
