@@ -311,16 +311,23 @@ class StreamsTransport(SupervisedLinks):
         fields = wire.encode_entry(message)
         if len(fields) != 8:
             return encode_command(_XADD, self.stream, b"MAXLEN", b"~", self.maxlen, b"*", *fields)
-        # uid, nsp, type, data: everything up to the data value is the same for every entry of
-        # one namespace's type, so it is encoded once.
-        key = (fields[1], fields[3], fields[5])
+        return b"%s$%d\r\n%s\r\n" % (self.xadd_head(fields[1], fields[3], fields[5]), len(fields[7]), fields[7])
+
+    def xadd_head(self, uid: bytes, nsp: bytes, kind: bytes) -> bytes:
+        """The XADD of an entry `uid, nsp, type, data` up to its data value: the same for every
+        entry of one namespace's type, so it is encoded once."""
+        key = (uid, nsp, kind)
         head = self._xadd_heads.get(key)
         if head is None:
-            head = encode_command(_XADD, self.stream, b"MAXLEN", b"~", self.maxlen, b"*", *fields[:7], b"")[: -len(b"$0\r\n\r\n")]
+            head = encode_command(_XADD, self.stream, b"MAXLEN", b"~", self.maxlen, b"*", b"uid", uid, b"nsp", nsp, b"type", kind, b"data", b"")
+            head = head[: -len(b"$0\r\n\r\n")]
             if len(self._xadd_heads) < 1024:
                 self._xadd_heads[key] = head
-        data = fields[7]
-        return b"%s$%d\r\n%s\r\n" % (head, len(data), data)
+        return head
+
+    def publish_entry(self, head: bytes, data: bytes) -> None:
+        """Queue the XADD of an entry whose fields before `data` are `head` (`xadd_head`)."""
+        self.enqueue(_STREAM_CHANNEL, b"%s$%d\r\n%s\r\n" % (head, len(data), data))
 
     def publish(self, message: Message) -> None:
         try:
@@ -434,6 +441,7 @@ class StreamsClusterAdapter(ClusterAdapter):
         self.settings = settings
         self.recovering = bool(settings.state_recovery_ms)
         self.uid_bytes = self.uid.encode()
+        self._broadcast_head: bytes | None = None  # the XADD of this namespace's broadcasts up to the data
         self.session_prefix = settings.redis_session_key_prefix
         self.window_ms = settings.state_recovery_ms or 0
         self.live_ttl_ms = self.window_ms + settings.redis_session_refresh_ms
@@ -459,7 +467,16 @@ class StreamsClusterAdapter(ClusterAdapter):
         if opts.local or not (self.recovering and recoverable(packet, opts)):
             super().broadcast(packet, opts)
             return
-        # Delivered here when the stream gives it back, with its entry id as offset.
+        # Delivered here when the stream gives it back, with its entry id as offset. The common
+        # target (rooms only: no exceptions, no flags) goes straight to the entry's JSON.
+        if not opts.except_ and opts.compress is None and opts.timeout is None:
+            text = wire.plain_broadcast_data(packet.data, list(opts.rooms), [], None)
+            if text is not None:
+                head = self._broadcast_head
+                if head is None:
+                    head = self._broadcast_head = self.transport.xadd_head(self.uid_bytes, self.name.encode(), wire.BROADCAST_TYPE)
+                self.transport.publish_entry(head, text)
+                return
         self.transport.publish(Broadcast(self.uid, self.name, packet.data, to_wire(opts)))
 
     # -- incoming ------------------------------------------------------------------------------

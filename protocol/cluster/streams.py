@@ -98,8 +98,10 @@ def encode_entry(message: Message) -> list[bytes]:
 
 # Where orjson's text may hold a float that JS writes as an integer: `2.0` (integral floats
 # below 1e16 always end in `.0` before a delimiter) or a positive exponent (every float from
-# 1e16 up is integral). A match inside a string only costs a needless walk.
-_MAYBE_INTEGRAL = re.compile(rb"\.0[,\]}]|e\+")
+# 1e16 up is integral). A match inside a string only costs a needless walk. Two searches, each
+# with a literal prefix the re engine skips ahead to, cost a fifth of one for the alternation.
+_INTEGRAL_POINT = re.compile(rb"\.0[,\]}]")
+_POSITIVE_EXPONENT = re.compile(rb"e\+")
 
 
 def plain_broadcast_data(event: list[Any], rooms: list[Room], except_rooms: list[Room], flags: dict[str, Any] | None) -> bytes | None:
@@ -113,7 +115,7 @@ def plain_broadcast_data(event: list[Any], rooms: list[Room], except_rooms: list
         text = orjson.dumps(body, option=orjson.OPT_PASSTHROUGH_DATETIME)
     except TypeError:
         return None
-    if _MAYBE_INTEGRAL.search(text) is not None:
+    if _INTEGRAL_POINT.search(text) is not None or _POSITIVE_EXPONENT.search(text) is not None:
         js = js_numbers(body)
         if js is not body:
             return dump_json(js)

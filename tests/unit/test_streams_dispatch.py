@@ -14,8 +14,10 @@ import datetime
 
 import pytest
 
+from gateway.cluster.adapter import to_wire
 from gateway.cluster.streams import StreamsTransport
 from gateway.config import Settings
+from gateway.sio.adapter import BroadcastOptions as GatewayOptions
 from protocol.cluster import Broadcast, BroadcastOptions, SocketsJoin
 from protocol.cluster import streams as wire
 from protocol.cluster.sharded import to_envelope
@@ -149,3 +151,16 @@ def test_an_xadd_with_the_cached_head_is_the_generic_encoding() -> None:
         for message in messages:
             expected = encode_command(b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*", *wire.encode_entry(message))
             assert transport.command_of(message) == expected
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_the_adapters_direct_xadd_is_the_broadcast_messages(event: list) -> None:
+    """StreamsClusterAdapter.broadcast writes a rooms-only broadcast from the cached head and
+    plain_broadcast_data, without a Broadcast message: the same command as publishing one."""
+    transport = StreamsTransport(Settings(redis_url="redis://127.0.0.1:1", redis_mode="streams"))
+    opts = GatewayOptions(frozenset(["r1", "r2"]))
+    rooms = list(opts.rooms)
+    data = wire.plain_broadcast_data(event, rooms, [], None)
+    assert data is not None
+    direct = b"%s$%d\r\n%s\r\n" % (transport.xadd_head(b"u1", b"/", wire.BROADCAST_TYPE), len(data), data)
+    assert direct == transport.command_of(Broadcast("u1", "/", event, to_wire(opts)))
