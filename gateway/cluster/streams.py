@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from itertools import islice
 from typing import Any, Iterable
 
 import redis.asyncio as aioredis
@@ -52,6 +54,8 @@ log = logging.getLogger("gateway.streams")
 _XADD = b"XADD"
 _STREAM_CHANNEL = b""  # outbox marker of an entry that is already a whole command
 _BROADCAST_TYPE = wire.BROADCAST_TYPE
+_SENT_MAX = 4096  # our broadcasts remembered until the stream gives them back (oldest forgotten first)
+_SENT_LOOKAHEAD = 64
 
 
 class StreamsTransport(SupervisedLinks):
@@ -442,6 +446,11 @@ class StreamsClusterAdapter(ClusterAdapter):
         self.recovering = bool(settings.state_recovery_ms)
         self.uid_bytes = self.uid.encode()
         self._broadcast_head: bytes | None = None  # the XADD of this namespace's broadcasts up to the data
+        # Our recoverable broadcasts on their way through the stream: (entry data, event JSON,
+        # options), oldest first, so that ours are delivered from the JSON we wrote instead of
+        # being decoded and encoded again (main namespace: its packets have no header to build).
+        self.sent: deque[tuple[bytes, bytes, BroadcastOptions]] = deque(maxlen=_SENT_MAX)
+        self._main = self.name == "/"
         self.session_prefix = settings.redis_session_key_prefix
         self.window_ms = settings.state_recovery_ms or 0
         self.live_ttl_ms = self.window_ms + settings.redis_session_refresh_ms
@@ -470,12 +479,15 @@ class StreamsClusterAdapter(ClusterAdapter):
         # Delivered here when the stream gives it back, with its entry id as offset. The common
         # target (rooms only: no exceptions, no flags) goes straight to the entry's JSON.
         if not opts.except_ and opts.compress is None and opts.timeout is None:
-            text = wire.plain_broadcast_data(packet.data, list(opts.rooms), [], None)
-            if text is not None:
+            parts = wire.plain_broadcast_parts(packet.data, list(opts.rooms), [], None)
+            if parts is not None:
+                text, event_json = parts
                 head = self._broadcast_head
                 if head is None:
                     head = self._broadcast_head = self.transport.xadd_head(self.uid_bytes, self.name.encode(), wire.BROADCAST_TYPE)
                 self.transport.publish_entry(head, text)
+                if event_json is not None and self._main and len(event_json) > 2:
+                    self.sent.append((text, event_json, opts))
                 return
         self.transport.publish(Broadcast(self.uid, self.name, packet.data, to_wire(opts)))
 
@@ -492,8 +504,16 @@ class StreamsClusterAdapter(ClusterAdapter):
         Without recovery our own entries are dropped before any decoding (delivered at once when
         sent); a plain one (no flags, no exceptions, string rooms) skips the full validation."""
         own = uid == self.uid_bytes
-        if own and not self.recovering:
-            return True
+        if own:
+            if not self.recovering:
+                return True
+            sent = self._sent_entry(data)
+            if sent is not None:
+                # The bytes we wrote: its packet is the event's JSON with the offset appended,
+                # what sio.encode would write for the event plus the entry id.
+                _, event_json, opts = sent
+                self.deliver_encoded(Outbound.message(b'2%s,"%s"]' % (event_json[:-1], entry_id.encode())), opts)
+                return True
         plain = wire.plain_broadcast(data)
         if plain is None:
             return False
@@ -508,6 +528,27 @@ class StreamsClusterAdapter(ClusterAdapter):
             event.append(entry_id)
         self.deliver(sio.Packet(PacketType.EVENT, self.name, event), BroadcastOptions(frozenset(rooms)))
         return True
+
+    def _sent_entry(self, data: bytes) -> tuple[bytes, bytes, BroadcastOptions] | None:
+        """What we sent as the entry that came back with `data`, told by its bytes (so the
+        content is the one Redis holds, whatever the caller did with its objects since). The
+        stream gives our entries back in the order we sent them; one the outbox dropped never
+        comes back and one sent twice (a batch replayed after a broken connection) comes back
+        again: a short look ahead puts the queue back in step, and an entry not found there is
+        decoded as any other."""
+        sent = self.sent
+        if not sent:
+            return None
+        first = sent[0]
+        if first[0] == data:
+            sent.popleft()
+            return first
+        for ahead, item in enumerate(islice(sent, 1, _SENT_LOOKAHEAD), 1):
+            if item[0] == data:
+                for _ in range(ahead + 1):
+                    sent.popleft()
+                return item
+        return None
 
     def on_stream_broadcast(self, message: Broadcast, entry_id: str) -> None:
         """A broadcast read from the stream (ours too: with recovery on, ours is delivered now)."""

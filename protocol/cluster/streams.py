@@ -41,6 +41,7 @@ __all__ = [
     "decode_session",
     "encode_entry",
     "plain_broadcast",
+    "plain_broadcast_parts",
     "plain_broadcast_data",
     "encode_ephemeral",
     "encode_session",
@@ -104,22 +105,40 @@ _INTEGRAL_POINT = re.compile(rb"\.0[,\]}]")
 _POSITIVE_EXPONENT = re.compile(rb"e\+")
 
 
-def plain_broadcast_data(event: list[Any], rooms: list[Room], except_rooms: list[Room], flags: dict[str, Any] | None) -> bytes | None:
-    """The `data` field of a broadcast without acknowledgements when JSON can carry it as is:
-    orjson first, which refuses bytes, dates and sets at once (None: `encode_entry` then decides
-    between base64 msgpack and JSON with Node's forms), so there is no contains_binary walk; the
-    JS-number walk runs only when the text may hold an integral float. Same bytes as
-    `encode_entry`'s."""
-    body = {"packet": {"type": 2, "data": event}, "opts": {"rooms": rooms, "except": except_rooms, "flags": {} if flags is None else flags}}
+_DATA_HEAD = b'{"packet":{"type":2,"data":'
+_AS_IS = orjson.OPT_PASSTHROUGH_DATETIME  # a date is refused like bytes: Node's form is dump_json's
+
+
+def plain_broadcast_parts(event: list[Any], rooms: list[Room], except_rooms: list[Room], flags: dict[str, Any] | None) -> tuple[bytes, bytes | None] | None:
+    """The `data` field of a broadcast without acknowledgements when JSON can carry it as is,
+    and the JSON of its event when that is exactly what `orjson.dumps(event)` writes (no JS
+    number was rewritten), else None in second place: what the Socket.IO packet of the event
+    can be built from without encoding it again.
+
+    orjson first, which refuses bytes, dates and sets at once (None: `encode_entry` then
+    decides between base64 msgpack and JSON with Node's forms), so there is no contains_binary
+    walk; the JS-number walk runs only when the text may hold an integral float. The event and
+    the options are dumped apart and joined: orjson writes no whitespace, so the bytes are those
+    of dumping the whole body, `encode_entry`'s."""
+    opts = {"rooms": rooms, "except": except_rooms, "flags": {} if flags is None else flags}
     try:
-        text = orjson.dumps(body, option=orjson.OPT_PASSTHROUGH_DATETIME)
+        event_json = orjson.dumps(event, option=_AS_IS)
+        opts_json = orjson.dumps(opts, option=_AS_IS)
     except TypeError:
         return None
-    if _INTEGRAL_POINT.search(text) is not None or _POSITIVE_EXPONENT.search(text) is not None:
+    point, exponent = _INTEGRAL_POINT.search, _POSITIVE_EXPONENT.search
+    if point(event_json) is not None or exponent(event_json) is not None or point(opts_json) is not None or exponent(opts_json) is not None:
+        body = {"packet": {"type": 2, "data": event}, "opts": opts}
         js = js_numbers(body)
         if js is not body:
-            return dump_json(js)
-    return text
+            return dump_json(js), None
+    return b'%s%s},"opts":%s}' % (_DATA_HEAD, event_json, opts_json), event_json
+
+
+def plain_broadcast_data(event: list[Any], rooms: list[Room], except_rooms: list[Room], flags: dict[str, Any] | None) -> bytes | None:
+    """`plain_broadcast_parts`' data field alone."""
+    parts = plain_broadcast_parts(event, rooms, except_rooms, flags)
+    return None if parts is None else parts[0]
 
 
 def plain_broadcast(data: bytes) -> tuple[list[Any], list[Room]] | None:

@@ -12,18 +12,23 @@ from __future__ import annotations
 import base64
 import datetime
 
+import hiredis
+import orjson
 import pytest
 
 from gateway.cluster.adapter import to_wire
-from gateway.cluster.streams import StreamsTransport
+from gateway.app import build_server
+from gateway.cluster.streams import StreamsClusterAdapter, StreamsTransport
 from gateway.config import Settings
 from gateway.sio.adapter import BroadcastOptions as GatewayOptions
+from protocol import socketio as sio
 from protocol.cluster import Broadcast, BroadcastOptions, SocketsJoin
 from protocol.cluster import streams as wire
 from protocol.cluster.sharded import to_envelope
 from protocol.cluster.values import contains_binary, dump_json, js_numbers, pack
 from protocol.errors import ClusterMessageError
 from protocol.resp import encode_command
+from protocol.socketio import PacketType
 
 EVENTS = [
     ["m", {"room": "r1", "t": 1733140000.123456, "seq": 7, "pad": "x" * 64}],
@@ -164,3 +169,58 @@ def test_the_adapters_direct_xadd_is_the_broadcast_messages(event: list) -> None
     assert data is not None
     direct = b"%s$%d\r\n%s\r\n" % (transport.xadd_head(b"u1", b"/", wire.BROADCAST_TYPE), len(data), data)
     assert direct == transport.command_of(Broadcast("u1", "/", event, to_wire(opts)))
+
+
+def _streams_adapter() -> StreamsClusterAdapter:
+    """The main namespace's adapter of a streams server with recovery on (never started: the
+    outbox keeps what it publishes)."""
+    server = build_server(Settings(redis_url="redis://127.0.0.1:1", redis_mode="streams", state_recovery_ms=120_000))
+    adapter = server.main.adapter
+    assert isinstance(adapter, StreamsClusterAdapter)
+    return adapter
+
+
+def _queued_data(adapter: StreamsClusterAdapter) -> list[bytes]:
+    """The data field of every XADD in the outbox, oldest first."""
+    out = []
+    for message in adapter.transport.outbox.items:
+        reader = hiredis.Reader()
+        reader.feed(message.payload)
+        command = reader.gets()
+        assert command[0] == b"XADD"
+        out.append(command[-1])
+    return out
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_our_entry_back_from_the_stream_is_the_packet_sio_would_encode(event: list) -> None:
+    adapter = _streams_adapter()
+    opts = GatewayOptions(frozenset(["r1"]))
+    adapter.broadcast(sio.Packet(PacketType.EVENT, "/", list(event)), opts)
+    [data] = _queued_data(adapter)
+    decoded = orjson.loads(data)["packet"]["data"]
+    expected = sio.encode(sio.Packet(PacketType.EVENT, "/", decoded + ["1733140000000-0"]))[0]
+    if not adapter.sent:  # an integral float was rewritten: decoded as any other entry
+        assert wire.plain_broadcast_parts(list(event), ["r1"], [], None)[1] is None  # type: ignore[index]
+        return
+    text, event_json, sent_opts = adapter.sent[0]
+    assert text == data and sent_opts is opts
+    assert b'2%s,"%s"]' % (event_json[:-1], b"1733140000000-0") == expected
+    local = adapter.stats.broadcasts_local
+    assert adapter.on_stream_entry(adapter.uid_bytes, data, "1733140000000-0")
+    assert adapter.stats.broadcasts_local == local + 1 and not adapter.sent
+
+
+def test_the_sent_queue_gets_back_in_step() -> None:
+    adapter = _streams_adapter()
+    opts = GatewayOptions(frozenset(["r1"]))
+    for n in range(5):
+        adapter.broadcast(sio.Packet(PacketType.EVENT, "/", ["m", n]), opts)
+    a, b, c, d, e = _queued_data(adapter)
+    assert adapter._sent_entry(a) is not None  # in order
+    assert adapter._sent_entry(c) is not None  # b never came back (dropped): skipped over
+    assert [item[0] for item in adapter.sent] == [d, e]
+    assert adapter._sent_entry(a) is None  # a again (a replayed batch): not ours any more
+    assert adapter.on_stream_entry(adapter.uid_bytes, a, "2-0")  # decoded as any other entry
+    assert adapter._sent_entry(d) is not None and adapter._sent_entry(e) is not None and not adapter.sent
+    assert adapter._sent_entry(e) is None
