@@ -26,6 +26,7 @@ from protocol.resp import key_slot
 
 from ..config import Settings
 from ..redis.client import node_client
+from ..redis.stream import PublishStream
 from ..redis.supervision import QueuedMessage, Verdict, probe_interval
 from .slots import SLOT_COUNT, Address, ShardLink, SlotMap, SlotMapUnavailable, is_stale_map, seed_addresses
 from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, SupervisedLinks, info_figures
@@ -65,7 +66,8 @@ class ShardedTransport(SupervisedLinks):
         self.own_tails: dict[str, tuple[bytes, bytes]] = {}
         self.placement: dict[bytes, Address] = {}
         self.links: dict[Address, ShardLink] = {}
-        self.publishers: dict[Address, aioredis.Redis] = {}
+        self.publishers: dict[Address, aioredis.Redis] = {}  # probes, SHARDNUMSUB, requests
+        self.publish_streams: dict[Address, PublishStream] = {}  # the outbox's pipelines
         self.slots: SlotMap | None = None
         self.resyncs = 0
         self._resync = asyncio.Event()
@@ -128,6 +130,8 @@ class ShardedTransport(SupervisedLinks):
             for gone in set(self.publishers) - set(slots.masters):
                 client = self.publishers.pop(gone)
                 asyncio.ensure_future(client.aclose())
+            for gone in set(self.publish_streams) - set(slots.masters):
+                asyncio.ensure_future(self.publish_streams.pop(gone).aclose())
             return slots
         raise SlotMapUnavailable("no cluster node answered CLUSTER SLOTS: " + "; ".join(errors))
 
@@ -231,6 +235,9 @@ class ShardedTransport(SupervisedLinks):
             except (RedisError, OSError):
                 pass
         self.publishers.clear()
+        for stream in list(self.publish_streams.values()):
+            await stream.aclose()
+        self.publish_streams.clear()
         self.sub_up = self.pub_up = False
 
     # -- subscriber supervision ----------------------------------------------------------------
@@ -468,10 +475,20 @@ class ShardedTransport(SupervisedLinks):
         return 0
 
     async def _send_group(self, address: Address, batch: list[QueuedMessage]) -> list[Any]:
-        pipe = self._publisher(address).pipeline(transaction=False)
-        for channel, payload, _ in batch:
-            pipe.spublish(channel, payload)
-        return await pipe.execute(raise_on_error=False)
+        """SPUBLISH a group on the master's publish stream: one write, the replies in order (a
+        receiver count, or a RespError such as MOVED for `_send_batch` to route). A stream that
+        failed or was interrupted may hold half a reply: it is closed, the next batch opens a
+        new one."""
+        stream = self.publish_streams.get(address)
+        if stream is None:
+            stream = self.publish_streams[address] = PublishStream(self.settings, address=address, keepalive=TCP_KEEPALIVE)
+        try:
+            return await stream.spublish_batch(batch)
+        except BaseException:
+            if self.publish_streams.get(address) is stream:
+                del self.publish_streams[address]
+            await stream.aclose()
+            raise
 
     async def _publisher_loop(self) -> None:
         while not self._closing or self.outbox:

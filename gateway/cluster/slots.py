@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from protocol.resp import key_slot
+from protocol.resp import RespError, key_slot
 
 from ..config import Settings
 from ..redis.stream import SubscriberStream
@@ -39,7 +39,9 @@ class SlotMapUnavailable(ClusterUnavailable):
 
 
 def is_stale_map(exc: BaseException) -> bool:
-    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0].upper() in _STALE_MAP_ERRORS
+    """A refusal that means "ask the cluster where this goes again": from redis-py (a
+    ResponseError) or from our own streams (an error reply is a RespError value)."""
+    return isinstance(exc, (ResponseError, RespError)) and str(exc).split(" ", 1)[0].upper() in _STALE_MAP_ERRORS
 
 
 def seed_addresses(settings: Settings) -> list[Address]:
@@ -61,6 +63,10 @@ class SlotMap:
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     owners: tuple[Address, ...]
+    # channel -> owner, as this map routes it: every publish asks, and the same room channels
+    # come back all the time (a CRC16 in Python and a bisect each, otherwise). A new map starts
+    # empty, so a cached owner is never older than the map.
+    _owner_of: dict[bytes, Address] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def single(cls, address: Address) -> "SlotMap":
@@ -89,7 +95,17 @@ class SlotMap:
         return self.owners[i]
 
     def owner_of(self, channel: bytes) -> Address:
-        return self.owner(key_slot(channel))
+        cache = self._owner_of
+        owner = cache.get(channel)
+        if owner is None:
+            owner = self.owner(key_slot(channel))
+            if len(cache) >= _OWNER_CACHE_MAX:
+                cache.clear()  # many one-off channels (private rooms): start over, stay bounded
+            cache[channel] = owner
+        return owner
+
+
+_OWNER_CACHE_MAX = 65536
 
 
 class ShardLink:

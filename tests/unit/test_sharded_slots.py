@@ -69,3 +69,34 @@ def test_sharded_settings_are_checked_at_start() -> None:
         Settings.from_env({**env, "REDIS_CLUSTER_NODES": "a:1", "REDIS_SUBSCRIPTION_MODE": "sometimes"})
     settings = Settings.from_env({**env, "REDIS_CLUSTER_NODES": "a:1,b:2", "REDIS_SUBSCRIPTION_MODE": "static"})
     assert settings.redis_cluster_nodes == ("a:1", "b:2") and settings.redis_subscription_mode == "static"
+
+
+def test_owner_cache_routes_as_the_map_and_stays_bounded() -> None:
+    import gateway.cluster.slots as slots_module
+
+    slots = SlotMap.from_reply(REPLY, ("10.0.0.9", 7001))
+    channels = [f"socket.io#/#room{n}#".encode() for n in range(200)]
+    assert [slots.owner_of(c) for c in channels] == [slots.owner(key_slot(c)) for c in channels]
+    assert [slots.owner_of(c) for c in channels] == [slots.owner(key_slot(c)) for c in channels]  # cached
+    assert slots == SlotMap.from_reply(REPLY, ("10.0.0.9", 7001))  # the cache is no part of the map
+    old = slots_module._OWNER_CACHE_MAX
+    slots_module._OWNER_CACHE_MAX = 10
+    try:
+        fresh = SlotMap.from_reply(REPLY, ("10.0.0.9", 7001))
+        assert [fresh.owner_of(c) for c in channels] == [slots.owner(key_slot(c)) for c in channels]
+        assert len(fresh._owner_of) <= 10
+    finally:
+        slots_module._OWNER_CACHE_MAX = old
+
+
+def test_stale_map_refusals_from_redis_py_and_from_our_streams() -> None:
+    from redis.exceptions import ResponseError
+
+    from gateway.cluster.slots import is_stale_map
+    from protocol.resp import RespError
+
+    for kind in (ResponseError, RespError):
+        assert is_stale_map(kind("MOVED 1234 10.0.0.1:7000"))
+        assert is_stale_map(kind("CLUSTERDOWN The cluster is down"))
+        assert not is_stale_map(kind("ERR unknown command"))
+    assert not is_stale_map(ConnectionError("MOVED"))
