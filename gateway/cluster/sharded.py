@@ -33,6 +33,10 @@ from .transport import TCP_KEEPALIVE, ClusterMember, ClusterUnavailable, Supervi
 
 log = logging.getLogger("gateway.sharded")
 
+# Bound of the (namespace, room) -> publish channel cache; cleared when full (private rooms are
+# one-off names).
+BROADCAST_CHANNELS_CACHED = 65536
+
 
 class ShardedTransport(SupervisedLinks):
     """SPUBLISH / SSUBSCRIBE over a Redis Cluster: the wire format of @socket.io/redis-adapter's
@@ -75,6 +79,7 @@ class ShardedTransport(SupervisedLinks):
         self.node_tag = new_sharded_id()
         self._probe_waiters: dict[Address, asyncio.Future[None]] = {}
         self._rebuilt_links = 0  # watchdog rebuilds of links already replaced
+        self._broadcast_channels: dict[tuple[str, str], bytes] = {}  # (nsp, room) -> its publish channel
 
     def new_id(self) -> str:
         return new_sharded_id()
@@ -415,6 +420,20 @@ class ShardedTransport(SupervisedLinks):
     # -- publishing ----------------------------------------------------------------------------
 
     def publish(self, message: Message) -> None:
+        if type(message) is Broadcast and message.request_id is None:
+            rooms = message.opts.rooms
+            if len(rooms) == 1 and type(rooms[0]) is str:
+                # `to(room).emit`, the broadcast path: its channel (room or main, by the mode)
+                # read from a small cache instead of being spelled and encoded per publish.
+                key = (message.nsp, rooms[0])
+                channel = self._broadcast_channels.get(key)
+                if channel is None:
+                    channel = sharded.message_channel(self.prefix, message, self.mode).encode()
+                    if len(self._broadcast_channels) >= BROADCAST_CHANNELS_CACHED:
+                        self._broadcast_channels.clear()
+                    self._broadcast_channels[key] = channel
+                self.enqueue(channel, sharded.encode_message(message))
+                return
         self.enqueue(sharded.message_channel(self.prefix, message, self.mode).encode(), sharded.encode_message(message))
 
     def publish_response(self, requester: str | None, message: Response) -> None:

@@ -45,7 +45,7 @@ from .messages import (
     room_text,
     typed_object,
 )
-from .values import MISSING, contains_binary, dump_json, load_json, pack, sniff
+from .values import MISSING, contains_binary, dump_json, pack, sniff
 
 def sharded_channel(prefix: str, nsp: str) -> str:
     """Main shard channel of a namespace (requests, broadcasts without a dedicated room channel)."""
@@ -403,8 +403,11 @@ _RESPONSES = {
 def decode_message(payload: bytes | bytearray | memoryview) -> Message | None:
     """Any sharded message as a typed message, validated completely; None for the heartbeat and
     adapter-close notices, which this adapter does not act on."""
-    if type(payload) is bytes and payload[:1] == b"{":
-        obj = load_json(payload)
+    if type(payload) is bytes and payload and payload[0] == 0x7B:  # `{`: JSON
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ClusterMessageError(f"undecodable JSON payload: {exc}") from exc
         if type(obj) is dict:
             plain = _plain_broadcast(obj)
             if plain is not None:
@@ -418,27 +421,41 @@ def _plain_broadcast(obj: dict[str, Any]) -> Broadcast | None:
     by exact types in one go, with the result the general checks would give it; None for
     anything else, which then takes the general path."""
     kind = obj.get("type")
-    if type(kind) is not int or kind != _BROADCAST_TYPE:
+    data = obj.get("data")
+    uid = obj.get("uid")
+    nsp = obj.get("nsp")
+    if (
+        kind != _BROADCAST_TYPE
+        or type(kind) is not int
+        or type(data) is not dict
+        or type(uid) is not str
+        or type(nsp) is not str
+        or "requestId" in data
+    ):
         return None
-    data, uid, nsp = obj.get("data"), obj.get("uid"), obj.get("nsp")
-    if type(data) is not dict or type(uid) is not str or type(nsp) is not str or "requestId" in data:
-        return None
-    packet, opts = data.get("packet"), data.get("opts")
+    packet = data.get("packet")
+    opts = data.get("opts")
     if type(packet) is not dict or type(opts) is not dict:
         return None
-    event, packet_kind = packet.get("data"), packet.get("type", EVENT)
-    rooms, excluded, flags = opts.get("rooms"), opts.get("except"), opts.get("flags")
+    event = packet.get("data")
+    rooms = opts.get("rooms")
+    excluded = opts.get("except")
+    flags = opts.get("flags")
     if (
-        type(event) is list
-        and type(packet_kind) is int
-        and type(rooms) is list
-        and type(excluded) is list
-        and (flags is None or type(flags) is dict)
-        and all([type(room) is str for room in rooms])
-        and all([type(room) is str for room in excluded])
+        type(event) is not list
+        or type(packet.get("type", EVENT)) is not int
+        or type(rooms) is not list
+        or type(excluded) is not list
+        or (flags is not None and type(flags) is not dict)
     ):
-        return Broadcast(uid, nsp, event, BroadcastOptions(rooms, excluded, flags))
-    return None
+        return None
+    for room in rooms:
+        if type(room) is not str:
+            return None
+    for room in excluded:
+        if type(room) is not str:
+            return None
+    return Broadcast(uid, nsp, event, BroadcastOptions(rooms, excluded, flags))
 
 
 def decode_envelope(obj: Any) -> Message | None:

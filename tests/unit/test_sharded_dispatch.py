@@ -201,3 +201,23 @@ def test_own_request_on_the_main_channel_is_dropped(transport: ShardedTransport)
     assert member.messages == []
     transport.dispatch(main, sharded.encode_message(c.SocketsJoin("0123456789abcdee", "/", BroadcastOptions(), ["x"])))
     assert [type(m) for m in member.messages] == [c.SocketsJoin]
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "dynamic-private"])
+def test_published_channels_are_the_codecs(mode: str) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1", redis_mode="sharded", redis_cluster_nodes=("127.0.0.1:1",), redis_subscription_mode=mode)
+    bridge = ShardedTransport(settings)
+    messages = [
+        Broadcast("u", "/", ["e"], BroadcastOptions(["room"], [])),
+        Broadcast("u", "/chat", ["e"], BroadcastOptions(["room"], [])),
+        Broadcast("u", "/", ["e"], BroadcastOptions(["abcdefghijklmnopqrst"], [])),  # a socket id
+        Broadcast("u", "/", ["e"], BroadcastOptions([5], [])),
+        Broadcast("u", "/", ["e"], BroadcastOptions(["a", "b"], [])),
+        Broadcast("u", "/", ["e"], BroadcastOptions(["room"], []), "q1"),
+        Broadcast("u", "/", ["e"], BroadcastOptions(["room"], [])),  # cached by now
+    ]
+    for message in messages:
+        bridge.publish(message)
+        (queued,) = bridge.outbox.take()
+        assert queued[0] == sharded.message_channel(bridge.prefix, message, bridge.mode).encode()
+        assert queued[1] == sharded.encode_message(message)
