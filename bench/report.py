@@ -506,13 +506,36 @@ def write_report(results: list[dict[str, Any]], machine: dict[str, Any], out: Pa
     return written
 
 
+README_BEGIN = "<!-- bench results: begin (python -m bench.report --readme README.md) -->"
+README_END = "<!-- bench results: end -->"
+
+
+def splice_readme(readme: Path, results_md: str) -> None:
+    """Put a sweep's tables (results.md without its title) into the README between the markers,
+    so the Performance section shows exactly what the sweep wrote and nothing typed by hand."""
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"{readme}: the markers {README_BEGIN!r} and {README_END!r} are missing")
+    body = results_md.split("\n", 1)[1].strip() if results_md.startswith("# ") else results_md.strip()
+    readme.write_text(text[: begin + len(README_BEGIN)] + "\n\n" + body + "\n\n" + text[end:])
+
+
 def main() -> None:
+    import argparse
+
     from bench.run import machine
 
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "results.jsonl"
-    results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for written in write_report(results, machine(), path.parent):
+    parser = argparse.ArgumentParser(description="Re-render a sweep's report from its JSON lines.")
+    parser.add_argument("results", nargs="?", type=Path, default=Path(__file__).parent / "results" / "results.jsonl")
+    parser.add_argument("--readme", type=Path, help="also put the tables into this README's Performance section")
+    args = parser.parse_args()
+    results = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    for written in write_report(results, machine(), args.results.parent):
         print(f"wrote {written}")
+    if args.readme is not None:
+        splice_readme(args.readme, (args.results.parent / "results.md").read_text())
+        print(f"wrote {args.readme}")
 
 
 if __name__ == "__main__":

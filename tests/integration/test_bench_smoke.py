@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bench.report import markdown, write_report
+from bench.report import README_BEGIN, README_END, markdown, splice_readme, write_report
 from bench.run import RedisCluster, machine, run_one, scenarios
 
 TINY = scenarios(scale=0.02, duration=0.5)
@@ -127,3 +127,17 @@ def test_report_renders_the_runs(smoke_results: dict[str, dict[str, Any]], tmp_p
     assert check["check_us_per_message"] > 0 and check["parse_and_check_us_per_message"] > 0
     written = {p.name for p in write_report(runs, machine(), tmp_path)}
     assert {"results.md", "cluster_size.png", "deliveries_per_s.png", "latency.png"} <= written
+
+
+def test_readme_gets_the_sweep_between_its_markers(smoke_results: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Performance\n\nintro\n\n{README_BEGIN}\nold table\n{README_END}\n\nafter\n")
+    text = markdown(list(smoke_results.values()), machine())
+    splice_readme(readme, text)
+    splice_readme(readme, text)  # again: the block is replaced, not appended
+    spliced = readme.read_text()
+    assert "old table" not in spliced and "# Benchmark results" not in spliced
+    assert spliced.count("| fanout | ours |") == 1 and spliced.endswith("after\n") and "intro" in spliced
+    # The project's own README carries the markers, with a sweep between them.
+    own = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "| rooms-cross-node | ours |" in own[own.index(README_BEGIN) : own.index(README_END)]
