@@ -30,6 +30,7 @@ from collections import deque
 from itertools import islice
 from typing import Any, Iterable
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -524,9 +525,21 @@ class StreamsClusterAdapter(ClusterAdapter):
         event, rooms = plain
         if not own:
             self.stats.broadcasts_remote += 1
+        opts = BroadcastOptions(frozenset(rooms))
+        if self._main and event:
+            # What sio.encode writes for a main-namespace EVENT without binary (`2` and the JSON
+            # of the data), with the offset spliced in instead of appended and encoded again.
+            try:
+                body = orjson.dumps(event)
+            except TypeError:
+                pass
+            else:
+                text = b'2%s,"%s"]' % (body[:-1], entry_id.encode()) if self.recovering else b"2" + body
+                self.deliver_encoded(Outbound.message(text), opts)
+                return True
         if self.recovering:
             event.append(entry_id)
-        self.deliver(sio.Packet(PacketType.EVENT, self.name, event), BroadcastOptions(frozenset(rooms)))
+        self.deliver(sio.Packet(PacketType.EVENT, self.name, event), opts)
         return True
 
     def _sent_entry(self, data: bytes) -> tuple[bytes, bytes, BroadcastOptions] | None:

@@ -126,13 +126,13 @@ def plain_broadcast_parts(event: list[Any], rooms: list[Room], except_rooms: lis
         opts_json = orjson.dumps(opts, option=_AS_IS)
     except TypeError:
         return None
-    point, exponent = _INTEGRAL_POINT.search, _POSITIVE_EXPONENT.search
-    if point(event_json) is not None or exponent(event_json) is not None or point(opts_json) is not None or exponent(opts_json) is not None:
+    text = b'%s%s},"opts":%s}' % (_DATA_HEAD, event_json, opts_json)
+    if _INTEGRAL_POINT.search(text) is not None or _POSITIVE_EXPONENT.search(text) is not None:
         body = {"packet": {"type": 2, "data": event}, "opts": opts}
         js = js_numbers(body)
         if js is not body:
             return dump_json(js), None
-    return b'%s%s},"opts":%s}' % (_DATA_HEAD, event_json, opts_json), event_json
+    return text, event_json
 
 
 def plain_broadcast_data(event: list[Any], rooms: list[Room], except_rooms: list[Room], flags: dict[str, Any] | None) -> bytes | None:
@@ -160,12 +160,15 @@ def plain_broadcast(data: bytes) -> tuple[list[Any], list[Room]] | None:
         return None
     event = packet.get("data")
     rooms = opts.get("rooms")
-    if type(event) is not list or type(rooms) is not list:
-        return None
-    excluded, flags = opts.get("except"), opts.get("flags")
-    if not (excluded is None or (type(excluded) is list and not excluded)) or not (flags is None or (type(flags) is dict and not flags)):
-        return None
-    if type(packet.get("type", 2)) is not int:
+    excluded = opts.get("except")
+    flags = opts.get("flags")
+    if (
+        type(event) is not list
+        or type(rooms) is not list
+        or (excluded is not None and (type(excluded) is not list or excluded))
+        or (flags is not None and (type(flags) is not dict or flags))
+        or type(packet.get("type", 2)) is not int
+    ):
         return None
     for room in rooms:
         if type(room) is not str:

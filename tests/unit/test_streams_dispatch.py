@@ -20,6 +20,7 @@ from gateway.cluster.adapter import to_wire
 from gateway.app import build_server
 from gateway.cluster.streams import StreamsClusterAdapter, StreamsTransport
 from gateway.config import Settings
+from gateway.engine.outbound import Outbound
 from gateway.sio.adapter import BroadcastOptions as GatewayOptions
 from protocol import socketio as sio
 from protocol.cluster import Broadcast, BroadcastOptions, SocketsJoin
@@ -224,3 +225,32 @@ def test_the_sent_queue_gets_back_in_step() -> None:
     assert adapter.on_stream_entry(adapter.uid_bytes, a, "2-0")  # decoded as any other entry
     assert adapter._sent_entry(d) is not None and adapter._sent_entry(e) is not None and not adapter.sent
     assert adapter._sent_entry(e) is None
+
+
+class _Recorder:
+    """A socket's session that keeps what it is sent (the adapter's delivery, no network)."""
+
+    writable = True
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, out: Outbound) -> None:
+        self.sent.append(out.text)
+
+
+@pytest.mark.parametrize("recovering", [True, False])
+@pytest.mark.parametrize("event", [e for e in EVENTS if wire.plain_broadcast_parts(e, ["r1"], [], None)[1] is not None])  # type: ignore[index]
+def test_another_nodes_entry_is_delivered_as_sio_would_encode_it(event: list, recovering: bool) -> None:
+    adapter = _streams_adapter()
+    adapter.recovering = recovering
+    data = wire.plain_broadcast_data(event, ["r1"], [], None)
+    decoded = orjson.loads(data)["packet"]["data"]
+    expected_data = decoded + ["7-1"] if recovering else decoded
+    expected = Outbound.message(sio.encode(sio.Packet(PacketType.EVENT, "/", expected_data))[0]).text
+    session = _Recorder()
+    socket = type("S", (), {"id": "s1", "session": session, "data": {}})()
+    adapter.add_all(socket, ["r1"])
+    remote = adapter.stats.broadcasts_remote
+    assert adapter.on_stream_entry(b"another-node", data, "7-1")
+    assert session.sent == [expected] and adapter.stats.broadcasts_remote == remote + 1
