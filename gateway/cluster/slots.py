@@ -168,6 +168,8 @@ class ShardLink:
                             self.watchdog.probe_seen(time.monotonic())
                             transport.probe_arrived(self)
                         continue
+                    if isinstance(push, BaseException):
+                        raise push  # an error reply or a stream out of step, after what preceded it
                     kind, _, channel, _ = push
                     if kind == b"sunsubscribe":
                         if channel in self.leaving:

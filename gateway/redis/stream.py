@@ -325,7 +325,9 @@ class SubscriberStream(RespStream):
         parsed or, when none is, those of the next read, oldest first. Messages are the raw
         `[b"smessage", channel, data]` arrays; every other push (subscription confirmations, a
         SUNSUBSCRIBE Redis sends when a slot migrates, pongs) comes as a checked `Push` tuple,
-        which the link needs to follow its slots."""
+        which the link needs to follow its slots. An error reply or a malformed push ends the
+        batch as the exception it means (RedisReplyError, StreamClosed), for the caller to raise
+        once it has handled what came before it."""
         parser = self.parser
         batch: list[Any] = []
         while True:
@@ -337,8 +339,12 @@ class SubscriberStream(RespStream):
                 continue
             if type(reply) is list and len(reply) == 3 and reply[0] == b"smessage":
                 batch.append(reply)
-            else:
+                continue
+            try:
                 batch.append(_push_of(reply))
+            except ConnectionError as exc:
+                batch.append(exc)
+                return batch
 
     async def get_message(self, ignore_subscribe_messages: bool = True, timeout: float | None = None) -> dict[str, Any] | None:
         # The broadcast path's reader: message and pmessage are built straight from the parsed

@@ -221,3 +221,42 @@ def test_published_channels_are_the_codecs(mode: str) -> None:
         (queued,) = bridge.outbox.take()
         assert queued[0] == sharded.message_channel(bridge.prefix, message, bridge.mode).encode()
         assert queued[1] == sharded.encode_message(message)
+
+
+# -- a shard link's reader ------------------------------------------------------------------------
+
+
+def resp_array(*parts: bytes | int) -> bytes:
+    raw = b"*%d\r\n" % len(parts)
+    for part in parts:
+        raw += b":%d\r\n" % part if isinstance(part, int) else b"$%d\r\n%s\r\n" % (len(part), part)
+    return raw
+
+
+async def test_a_link_dispatches_what_came_before_an_error_then_fails(transport: ShardedTransport) -> None:
+    from gateway.cluster.slots import ShardLink
+    from gateway.redis.stream import RedisReplyError
+    from protocol.resp import Push
+
+    member = Member(transport)
+    transport.watch(member, "r")  # type: ignore[arg-type]
+    channel = c.sharded_room_channel(transport.prefix, "/", "r").encode()
+    peer = sharded.encode_message(Broadcast("0123456789abcdee", "/", ["e", 1], BroadcastOptions(["r"], [])))
+    link = ShardLink(transport, ("127.0.0.1", 1), b"probe{0}")
+    link.channels.add(channel)
+    failures: list[BaseException] = []
+    transport.link_failed = lambda failed, exc: failures.append(exc)  # type: ignore[method-assign]
+    link.stream.parser.feed(
+        resp_array(b"smessage", channel, peer)
+        + resp_array(b"smessage", b"probe{0}", b"watchdog")
+        + resp_array(b"ssubscribe", b"other", 2)
+        + resp_array(b"smessage", channel, peer)
+        + b"-MOVED 1234 127.0.0.1:2\r\n"
+    )
+    batch = await link.stream.get_shard_batch()
+    assert [type(item) for item in batch] == [list, list, Push, list, RedisReplyError]
+    link.stream.parser.feed(resp_array(b"smessage", channel, peer) + resp_array(b"sunsubscribe", channel, 0) + b"-ERR boom\r\n")
+    await link._read()
+    assert len(member.broadcasts) == 1  # the message before the error
+    assert link.failed and [type(e) for e in failures] == [RedisReplyError]
+    assert channel not in link.channels  # Redis dropped it: the transport was asked to resync
