@@ -207,8 +207,8 @@ class StreamsTransport(SupervisedLinks):
                             pending = True
                             sent_at = loop.time()
                             last = self.last_id or "0-0"
-                            await reader._write(b"%s$%d\r\n%s\r\n" % (head, len(last), last.encode()))
-                        reply = await reader._reply()
+                            await reader.send(b"%s$%d\r\n%s\r\n" % (head, len(last), last.encode()))
+                        reply = await reader.reply()
                         pending = False
                         if isinstance(reply, RespError):
                             raise RedisReplyError(str(reply))

@@ -195,6 +195,16 @@ class RespStream:
         self.writer.write(data)
         await self.writer.drain()
 
+    async def send(self, command: bytes) -> None:
+        """Write one encoded command without waiting for its reply (read it with `reply`): for
+        a blocking command whose wait outlives one timer, as the streams reader's XREAD."""
+        await self._write(command)
+
+    async def reply(self) -> Any:
+        """The next reply on this connection (an error reply as a RespError value). Cancelling
+        the wait loses nothing: the bytes not read yet stay on the socket for the next call."""
+        return await self._reply()
+
     async def pipeline(self, commands: list[bytes]) -> list[Any]:
         """Encoded commands written in one go, every reply kept, in order (an error reply as a
         RespError value): a publish batch's receiver counts, a batch of XADDs' ids."""
