@@ -424,14 +424,26 @@ def _plain_broadcast(obj: dict[str, Any]) -> Broadcast | None:
     data = obj.get("data")
     uid = obj.get("uid")
     nsp = obj.get("nsp")
-    if (
-        kind != _BROADCAST_TYPE
-        or type(kind) is not int
-        or type(data) is not dict
-        or type(uid) is not str
-        or type(nsp) is not str
-        or "requestId" in data
-    ):
+    if kind != _BROADCAST_TYPE or type(kind) is not int or type(data) is not dict or type(uid) is not str or type(nsp) is not str:
+        return None
+    body = plain_broadcast_body(data)
+    if body is None:
+        return None
+    event, rooms, excluded, flags = body
+    if type(excluded) is not list or (flags is not None and type(flags) is not dict):
+        return None
+    for room in excluded:
+        if type(room) is not str:
+            return None
+    return Broadcast(uid, nsp, event, BroadcastOptions(rooms, excluded, flags))
+
+
+def plain_broadcast_body(data: dict[str, Any]) -> tuple[list[Any], list[Room], Any, Any] | None:
+    """The event, rooms, `except` and `flags` of a broadcast's `{packet, opts}` (the sharded
+    envelope's data, a stream entry's data) when it wants no acks and its event and rooms have
+    exact types: a list, an integer packet type, string rooms. `except` and `flags` come back
+    unchecked, for each reader's own rule; None means the general checks decide."""
+    if "requestId" in data:
         return None
     packet = data.get("packet")
     opts = data.get("opts")
@@ -439,23 +451,12 @@ def _plain_broadcast(obj: dict[str, Any]) -> Broadcast | None:
         return None
     event = packet.get("data")
     rooms = opts.get("rooms")
-    excluded = opts.get("except")
-    flags = opts.get("flags")
-    if (
-        type(event) is not list
-        or type(packet.get("type", EVENT)) is not int
-        or type(rooms) is not list
-        or type(excluded) is not list
-        or (flags is not None and type(flags) is not dict)
-    ):
+    if type(event) is not list or type(packet.get("type", EVENT)) is not int or type(rooms) is not list:
         return None
     for room in rooms:
         if type(room) is not str:
             return None
-    for room in excluded:
-        if type(room) is not str:
-            return None
-    return Broadcast(uid, nsp, event, BroadcastOptions(rooms, excluded, flags))
+    return event, rooms, opts.get("except"), opts.get("flags")
 
 
 def decode_envelope(obj: Any) -> Message | None:

@@ -31,7 +31,7 @@ import orjson
 
 from ..errors import ClusterMessageError
 from .messages import Broadcast, BroadcastOptions, DisconnectSockets, FetchSockets, Message, Response, Room, ServerSideEmit, ShardedType, SocketsJoin, SocketsLeave
-from .sharded import _SHARDED_BINARY_TYPES, ShardedMessage, decode_envelope, to_envelope
+from .sharded import _SHARDED_BINARY_TYPES, ShardedMessage, decode_envelope, plain_broadcast_body, to_envelope
 from .values import contains_binary, dump_json, js_numbers, load_json, pack, unpack
 
 __all__ = [
@@ -152,27 +152,14 @@ def plain_broadcast(data: bytes) -> tuple[list[Any], list[Room]] | None:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    if type(obj) is not dict or "requestId" in obj:
+    if type(obj) is not dict:
         return None
-    packet = obj.get("packet")
-    opts = obj.get("opts")
-    if type(packet) is not dict or type(opts) is not dict:
+    body = plain_broadcast_body(obj)
+    if body is None:
         return None
-    event = packet.get("data")
-    rooms = opts.get("rooms")
-    excluded = opts.get("except")
-    flags = opts.get("flags")
-    if (
-        type(event) is not list
-        or type(rooms) is not list
-        or (excluded is not None and (type(excluded) is not list or excluded))
-        or (flags is not None and (type(flags) is not dict or flags))
-        or type(packet.get("type", 2)) is not int
-    ):
+    event, rooms, excluded, flags = body
+    if (excluded is not None and (type(excluded) is not list or excluded)) or (flags is not None and (type(flags) is not dict or flags)):
         return None
-    for room in rooms:
-        if type(room) is not str:
-            return None
     return event, rooms
 
 
