@@ -9,7 +9,6 @@ The `sharded_*` constructors and `encode_sharded` / `decode_sharded` reproduce N
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +44,7 @@ from .messages import (
     room_text,
     typed_object,
 )
-from .values import MISSING, contains_binary, dump_json, pack, sniff
+from .values import MISSING, contains_binary, dump_json, json_may_hold_integral_float, pack, sniff
 
 def sharded_channel(prefix: str, nsp: str) -> str:
     """Main shard channel of a namespace (requests, broadcasts without a dedicated room channel)."""
@@ -343,10 +342,6 @@ def encode_message(message: Message) -> bytes:
     return encode_sharded(to_envelope(message))
 
 
-# Where orjson's text may hold a float JS would have written as an integer: orjson writes every
-# integral float either as `2.0` (`.0` and no more digits) or with an exponent `1e+16`. Matches
-# inside strings only cost the walk of the general path, never a wrong byte.
-_MAYBE_INTEGRAL_FLOAT = re.compile(rb"\.0[^0-9]|e\+")
 _BROADCAST_TYPE = int(ShardedType.BROADCAST)
 
 
@@ -375,7 +370,7 @@ def encode_broadcast(
         )
     except TypeError:  # orjson.JSONEncodeError: binary, a date, a set, ...
         encoded = b""
-    if encoded and _MAYBE_INTEGRAL_FLOAT.search(encoded) is None:
+    if encoded and not json_may_hold_integral_float(encoded):
         return encoded
     return encode_sharded(sharded_broadcast(uid, nsp, data, opts, request_id))
 

@@ -412,6 +412,16 @@ def test_only_integral_float64s_call_for_the_js_numbers_walk() -> None:
     assert fractional == msgpack.packb(["u", {"type": 2, "data": ["e", {"t": 1.5}], "nsp": "/"}, {"rooms": ["r"], "except": [], "flags": {}}])
 
 
+def test_only_integral_floats_in_json_text_call_for_the_walk() -> None:
+    from protocol.cluster.values import json_may_hold_integral_float
+
+    for value in ([2.0], {"t": -3.0}, [1e16], {"n": 2.0**60}):
+        assert json_may_hold_integral_float(orjson.dumps(value)), value
+    for value in (["e", {"t": 1733.25, "p": 0.1, "q": 2.5e-7}], [1, "x"], {"r": 10.05}):
+        assert not json_may_hold_integral_float(orjson.dumps(value)), value
+    assert json_may_hold_integral_float(orjson.dumps(["v1.0,"]))  # inside a string: a needless walk only
+
+
 def test_plain_and_general_broadcast_decoding_agree() -> None:
     from protocol.cluster.classic import decode_broadcast
 
