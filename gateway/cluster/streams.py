@@ -45,6 +45,7 @@ from ..config import Settings
 from ..engine.outbound import Outbound
 from ..redis.client import redis_client
 from ..redis.stream import RedisReplyError, RespStream, StreamClosed, SubscriberStream
+from ..redis.supervision import QueuedMessage
 from ..sio.adapter import AdapterNamespace, AdapterSocket, BroadcastOptions, recoverable
 from ..sio.recovery import RecoveryResult, Restoration, SessionState
 from .adapter import ClusterAdapter, from_wire, to_wire
@@ -88,6 +89,7 @@ class StreamsTransport(SupervisedLinks):
         self.lag_ms = 0.0
         self.session_writes = 0
         self.replay_truncated = 0
+        self.duplicates_avoided = 0  # messages of a broken batch found executed, not sent again
         self.stale_offsets = 0
 
     def new_id(self) -> str:
@@ -98,6 +100,7 @@ class StreamsTransport(SupervisedLinks):
         yield "counter", "sio_gateway_stream_reader_resumes", "Times the stream reader reconnected and read on from its last id", self.reader_resumes
         yield "gauge", "sio_gateway_stream_lag_ms", "Age of the newest stream entry when this node delivered it (ms)", self.lag_ms
         yield "counter", "sio_gateway_stream_session_writes", "Session writes queued (connected sockets and disconnects)", self.session_writes
+        yield "counter", "sio_gateway_stream_publish_settled", "Messages of a publish batch cut off by a broken connection that Redis had executed (found in the stream, not sent again)", self.duplicates_avoided
         yield "counter", "sio_gateway_stream_replay_truncated", "Recoveries refused because the missed entries exceeded REDIS_STREAM_REPLAY_MAX_PAGES", self.replay_truncated
         yield "counter", "sio_gateway_stream_stale_offsets", "Recoveries refused because the stream no longer has the client's offset (trimmed or lost)", self.stale_offsets
 
@@ -376,12 +379,23 @@ class StreamsTransport(SupervisedLinks):
         return int(reply[1]) if len(reply) > 1 else 0
 
     async def _publisher_loop(self) -> None:
+        # The id of the newest entry this node knows it appended (None until the first
+        # connection reads the stream's tail), and the batch whose replies a broken connection
+        # took with it: Redis may have executed a prefix of it.
+        last_known: bytes | None = None
+        in_doubt: list[QueuedMessage] | None = None
         while not self._closing or self.outbox:
             try:
                 stream = self._pub
                 if stream is None:
                     stream = self._pub = RespStream(self.settings, keepalive=TCP_KEEPALIVE, client_name="sio-gateway-stream-pub")
                 await stream.open()
+                if last_known is None:
+                    tail = await stream.execute(b"XREVRANGE", self.stream, b"+", b"-", b"COUNT", b"1", timeout=5.0)
+                    last_known = tail[0][0] if tail else b"0-0"
+                if in_doubt is not None:
+                    last_known = await self._settle(stream, in_doubt, last_known)
+                    in_doubt = None
                 self.pub_up = True
                 self._link_restored("publisher", self._pub_attempts)
                 while True:
@@ -392,13 +406,17 @@ class StreamsTransport(SupervisedLinks):
                     try:
                         replies = await stream.pipeline([command for _, command, _ in batch])
                     except BaseException:
-                        # Back in front, in order, on a new connection. A batch Redis executed
-                        # before the connection broke is appended again: at-least-once, as an
-                        # XADD has no idempotency key.
+                        # Back in front, in order, for a new connection, which first looks in
+                        # the stream for what of it Redis executed (`_settle`).
                         self.outbox.requeue(batch)
+                        in_doubt = batch
                         self._pub = None
                         await stream.aclose()
                         raise
+                    for reply in reversed(replies):
+                        if type(reply) is bytes:  # an XADD's entry id (PUBLISH answers a count)
+                            last_known = reply
+                            break
                     errors = [r for r in replies if isinstance(r, Exception)]
                     if errors:
                         self.stats.publish_errors += len(errors)
@@ -409,6 +427,44 @@ class StreamsTransport(SupervisedLinks):
                 raise
             except (RedisError, OSError, ConnectionError) as exc:
                 await self._publisher_failed(exc)
+
+    async def _settle(self, stream: RespStream, batch: list[QueuedMessage], last_known: bytes) -> bytes:
+        """After a connection broke with `batch` sent and unanswered: Redis executes a pipeline
+        in order, so the entries of ours after `last_known` are the XADDs of a prefix of the
+        batch. That prefix (the PUBLISHes before its last XADD included) is taken off the front
+        of the outbox, where the batch was put back, instead of being appended a second time;
+        the rest is sent again. Only this node writes entries with its namespaces' uids.
+        Returns the id of the newest of ours found (or `last_known`)."""
+        ours = {member.uid.encode() for member in self.members.values()}
+        wanted = sum(1 for channel, _, _ in batch if channel == _STREAM_CHANNEL)
+        found = 0
+        start = last_known  # inclusive (an exclusive start needs Redis 6.2): skipped below
+        page = self.settings.redis_stream_replay_page
+        for _ in range(self.settings.redis_stream_replay_max_pages):
+            entries = await stream.execute(b"XRANGE", self.stream, start, b"+", b"COUNT", b"%d" % page, timeout=5.0)
+            for entry_id, flat in entries:
+                if entry_id != start and len(flat) > 1 and flat[0] == b"uid" and flat[1] in ours:
+                    found += 1
+                    last_known = entry_id
+            if found >= wanted or len(entries) < page:
+                break
+            start = entries[-1][0]
+        executed = 0  # messages of the batch Redis executed: up to its found-th XADD
+        xadds = 0
+        for index, (channel, _, _) in enumerate(batch):
+            if xadds == found:
+                break
+            if channel == _STREAM_CHANNEL:
+                xadds += 1
+                executed = index + 1
+        items = self.outbox.items
+        for message in batch[:executed]:
+            if items and items[0] is message:
+                items.popleft()
+        if executed:
+            self.duplicates_avoided += executed
+            log.info("stream_publish_settled executed=%d resent=%d", executed, len(batch) - executed)
+        return last_known
 
     # -- health --------------------------------------------------------------------------------
 

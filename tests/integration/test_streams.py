@@ -287,3 +287,44 @@ async def test_the_clients_node_dies_behind_nginx_it_recovers_elsewhere_nothing_
     assert got == list(range(total))  # 0 lost, 0 duplicated, in order
     await asyncio.sleep(0.3)
     assert [e for e in node.pending_events() if e.get("name") == "w" and e.get("event") == "n"] == []
+
+
+async def test_a_batch_cut_off_after_redis_executed_part_of_it_is_not_appended_twice(redis_server: RedisServerProcess) -> None:
+    """A connection that breaks between Redis executing a pipeline and its replies: the entries
+    Redis appended are found in the stream by the node's uid and taken off the outbox, the rest
+    is sent again (CLIENT KILL can cut there; here Redis executes the prefix by another client,
+    so the cut is exact)."""
+    from types import SimpleNamespace
+
+    from gateway.cluster.streams import _STREAM_CHANNEL, StreamsTransport
+    from gateway.redis.stream import RespStream
+    from gateway.redis.supervision import QueuedMessage
+
+    settings = streams_settings(redis_server)
+    transport = StreamsTransport(settings)
+    transport.members = {"/": SimpleNamespace(uid="ownuid")}  # type: ignore[dict-item]
+    r = aioredis.from_url(redis_server.url)
+    stream = RespStream(settings)
+    try:
+        key = settings.redis_stream_name
+        await r.delete(key)
+        confirmed = await r.xadd(key, {"uid": "ownuid", "nsp": "/", "type": "3", "data": "before"})
+        head = transport.xadd_head(b"ownuid", b"/", b"3")
+        batch = [
+            QueuedMessage(_STREAM_CHANNEL, b"%s$%d\r\n%s\r\n" % (head, len(data), data), 0.0)
+            for data in (b"one", b"two", b"three")
+        ]
+        batch.insert(1, QueuedMessage(b"some-channel", b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$1\r\nx\r\n", 0.0))
+        await r.xadd(key, {"uid": "peer", "nsp": "/", "type": "3", "data": "a peer's"})
+        for data in ("one", "two"):  # what Redis executed before the connection broke
+            await r.xadd(key, {"uid": "ownuid", "nsp": "/", "type": "3", "data": data})
+        transport.outbox.requeue(batch)
+        await stream.open()
+        newest = await transport._settle(stream, batch, confirmed)
+        assert [m.payload for m in transport.outbox.items] == [batch[3].payload]  # "three" only
+        assert transport.duplicates_avoided == 3  # one, the PUBLISH before two, two
+        entries = await r.xrange(key)
+        assert newest == entries[-1][0] and [e[1][b"data"] for e in entries].count(b"two") == 1
+    finally:
+        await stream.aclose()
+        await r.aclose()
